@@ -1,0 +1,790 @@
+"""The lake: one root folder of Hive-partitioned Parquet tables, and the only code that builds paths.
+
+Layout::
+
+    <root>/<table>/<key>=<value>/.../data.parquet   one file per partition
+    <root>/<table>/data.parquet                      an unpartitioned table (e.g. sae_runs)
+    <root>/<table>/_table.json                       the table's sidecar (schema version, rows, lineage)
+    <root>/_staging/<txid>/...                       files being written; never read
+    <root>/_lock                                     the writers' lock (readers never take it)
+
+Every write goes through a :class:`Transaction`: files are written under ``_staging`` and only
+at commit are they moved into place, each with one atomic ``os.replace``. A reader therefore sees
+either the old or the new file of a partition, never half of one, and a failure before commit
+leaves the lake exactly as it was. Commits hold an exclusive lock on ``_lock`` and first write a
+journal, so a commit that dies half way is rolled forward by the next writer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from galsae_lake import __version__
+from galsae_lake.errors import LakeError
+
+#: the schema version this code writes; it reads lakes up to this version
+SCHEMA_VERSION = 1
+DATA_FILE = "data.parquet"
+SIDECAR = "_table.json"
+STAGING = "_staging"
+LOCK_FILE = "_lock"
+JOURNAL = "_journal.json"
+ENV_ROOT = "GALSAE_LAKE"
+ENV_LOCK_TIMEOUT = "GALSAE_LOCK_TIMEOUT"
+DEFAULT_ROOT = "lake"
+
+_PARTITION_VALUE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+
+#: stands for "fixed-size list of float32, any size" in a table spec (embeddings, loadings)
+VECTOR = pa.list_(pa.float32(), 1)
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """A table of the lake: its partition keys and the columns stored inside its files."""
+
+    name: str
+    partition_by: tuple[str, ...]
+    columns: tuple[tuple[str, pa.DataType], ...]
+    description: str
+    #: for unpartitioned tables: the column that identifies a row; a write replaces rows by it
+    key: str | None = None
+
+    @property
+    def column_names(self) -> list[str]:
+        return [name for name, _ in self.columns]
+
+    def arrow_type(self, column: str) -> pa.DataType:
+        return dict(self.columns)[column]
+
+
+def _spec(name, partition_by, columns, description, key=None) -> TableSpec:
+    return TableSpec(name, tuple(partition_by), tuple(columns), description, key)
+
+
+_S, _F64, _F32, _I32, _I64 = pa.string(), pa.float64(), pa.float32(), pa.int32(), pa.int64()
+_TS = pa.timestamp("us", tz="UTC")
+
+TABLES: dict[str, TableSpec] = {
+    spec.name: spec
+    for spec in [
+        _spec("galaxies", ["split"], [("id_str", _S), ("source", _S), ("ra", _F64), ("dec", _F64)],
+              "one row per galaxy: where it comes from and where it is on the sky"),
+        _spec("images", ["split"], [("id_str", _S), ("image", pa.binary())],
+              "galaxy cutouts as PNG/JPEG bytes"),
+        _spec("votes", ["catalog", "split"],
+              [("id_str", _S), ("question", _S), ("answer", _S), ("label", _S), ("count", _I32),
+               ("total", _I32), ("fraction", _F64)],
+              "Galaxy Zoo vote counts and fractions, long: one row per galaxy and answer"),
+        _spec("truth", ["split"], [("id_str", _S), ("factor", _S), ("value", _F64)],
+              "the planted morphology of synthetic galaxies, long: one row per galaxy and factor"),
+        _spec("embeddings", ["encoder", "split"], [("id_str", _S), ("embedding", VECTOR)],
+              "image-model embeddings, one fixed-size float32 vector per galaxy"),
+        _spec("sae_runs", [], [("run_id", _S), ("encoder", _S), ("config", _S), ("checkpoint", _S),
+                               ("metrics", _S), ("created_at", _TS)],
+              "one row per trained sparse autoencoder", key="run_id"),
+        _spec("sae_training_log", ["run_id"],
+              [("step", _I64), ("epoch", _I32), ("loss", _F64), ("mse", _F64), ("l1", _F64),
+               ("aux", _F64), ("l0", _F64), ("dead_fraction", _F64), ("lr", _F64)],
+              "SAE training curves"),
+        _spec("sae_activations", ["run_id", "split"],
+              [("id_str", _S), ("feature", _I32), ("activation", _F32)],
+              "non-zero SAE codes only (sparse, long)"),
+        _spec("sae_features", ["run_id"],
+              [("feature", _I32), ("group", _I32), ("frequency", _F64), ("mean_activation", _F64),
+               ("max_activation", _F64)],
+              "per-feature statistics of an SAE"),
+        _spec("pca_scores", ["pca_id", "split"], [("id_str", _S), ("component", _I32), ("score", _F32)],
+              "PCA scores, long: one row per galaxy and component"),
+        _spec("pca_components", ["pca_id"],
+              [("component", _I32), ("explained_variance_ratio", _F64), ("loading", VECTOR)],
+              "PCA components and their explained variance"),
+        _spec("feature_label_corr", ["model_id", "split"],
+              [("method", _S), ("feature", _I32), ("label", _S), ("spearman", _F64), ("n", _I64)],
+              "Spearman rho of every feature with every Galaxy Zoo label"),
+        _spec("feature_summary", ["model_id", "split"],
+              [("method", _S), ("feature", _I32), ("frequency", _F64), ("frequency_rank", _I32),
+               ("max_abs_spearman", _F64), ("best_label", _S), ("novelty", _F64),
+               ("novelty_rank", _I32)],
+              "per-feature alignment with the labels and novelty"),
+    ]
+}
+
+
+def register(spec: TableSpec) -> TableSpec:
+    """Add a table to the registry (for tables beyond the design's contract)."""
+    TABLES[spec.name] = spec
+    return spec
+
+
+def table_spec(name: str) -> TableSpec:
+    try:
+        return TABLES[name]
+    except KeyError:
+        raise LakeError(f"unknown table {name!r}; tables are: {', '.join(TABLES)}") from None
+
+
+def config_hash(parameters: Mapping[str, Any]) -> str:
+    """A short, stable hash of a parameter mapping (canonical JSON)."""
+    text = json.dumps(parameters, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def short_id(prefix: str, parameters: Mapping[str, Any]) -> str:
+    """A readable, unique-per-parameters id such as ``sae-zoobot-synth-3f9a2c``."""
+    return f"{prefix}-{config_hash(parameters)[:6]}"
+
+
+def check_partition_value(key: str, value: Any) -> str:
+    value = str(value)
+    if not _PARTITION_VALUE.match(value):
+        raise LakeError(
+            f"invalid {key} {value!r}: use letters, digits and . _ + - (at most 128 characters)"
+        )
+    return value
+
+
+def resolve_root(root: str | os.PathLike | None = None) -> Path:
+    """``root`` if given, else ``$GALSAE_LAKE``, else ``./lake``."""
+    return Path(root or os.environ.get(ENV_ROOT) or DEFAULT_ROOT).expanduser().absolute()
+
+
+def _to_arrow(data: pa.Table | pl.DataFrame | Any) -> pa.Table:
+    if isinstance(data, pa.Table):
+        return data
+    if isinstance(data, pl.DataFrame):
+        return data.to_arrow()
+    if isinstance(data, pa.RecordBatch):
+        return pa.Table.from_batches([data])
+    raise TypeError(f"cannot write {type(data).__name__}; pass a pyarrow Table or a polars DataFrame")
+
+
+def _conform(spec: TableSpec, table: pa.Table) -> pa.Table:
+    """Select and cast ``table`` to the spec's columns; a one-line LakeError if it cannot be."""
+    missing = [c for c in spec.column_names if c not in table.column_names]
+    if missing:
+        raise LakeError(f"table {spec.name}: missing column(s) {', '.join(missing)}")
+    arrays = []
+    fields = []
+    for name, want in spec.columns:
+        column = table.column(name)
+        if want == VECTOR:
+            column = _as_vector(spec.name, name, column)
+            want = column.type
+        elif column.type != want:
+            try:
+                column = column.cast(want, safe=True)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise LakeError(
+                    f"table {spec.name}: column {name} is {column.type}, expected {want} ({exc})"
+                ) from None
+        arrays.append(column)
+        fields.append(pa.field(name, want))
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def _as_vector(table: str, name: str, column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """A fixed-size list of float32; lists of one length and float64 values are converted."""
+    kind = column.type
+    if pa.types.is_fixed_size_list(kind) and kind.value_type == pa.float32():
+        return column
+    if pa.types.is_fixed_size_list(kind) or pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        combined = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+        if pa.types.is_fixed_size_list(kind):
+            size = kind.list_size
+            values = combined.flatten()
+        else:
+            lengths = pa.compute.list_value_length(combined).to_numpy(zero_copy_only=False)
+            if len(lengths) == 0:
+                raise LakeError(f"table {table}: column {name} is empty")
+            if combined.null_count or (lengths != lengths[0]).any():
+                raise LakeError(f"table {table}: column {name} has vectors of different lengths")
+            size = int(lengths[0])
+            values = combined.flatten()
+        try:
+            values = values.cast(pa.float32(), safe=False)
+        except pa.ArrowInvalid as exc:
+            raise LakeError(f"table {table}: column {name} is not numeric ({exc})") from None
+        return pa.chunked_array([pa.FixedSizeListArray.from_arrays(values, size)])
+    raise LakeError(f"table {table}: column {name} is {kind}, expected a list of float32")
+
+
+def vectors(table: pa.Table | pl.DataFrame, column: str = "embedding") -> np.ndarray:
+    """A fixed-size-list column as a 2-d float32 numpy array, without copying where possible."""
+    if isinstance(table, pl.DataFrame):
+        table = table.select(column).to_arrow()
+    array = table.column(column).combine_chunks()
+    if isinstance(array, pa.ChunkedArray):  # an empty table
+        array = pa.FixedSizeListArray.from_arrays(pa.array([], pa.float32()), 1)
+    size = array.type.list_size
+    values = array.flatten().to_numpy(zero_copy_only=False)
+    return values.astype(np.float32, copy=False).reshape(-1, size)
+
+
+def vector_array(matrix: np.ndarray) -> pa.FixedSizeListArray:
+    """A 2-d numpy array as an Arrow fixed-size list of float32 (values kept bit-for-bit)."""
+    matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+    return pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), matrix.shape[1])
+
+
+class Lake:
+    """A lake root. Cheap to create; nothing is written until a transaction commits."""
+
+    def __init__(self, root: str | os.PathLike | None = None):
+        self.root = resolve_root(root)
+        if self.root.exists() and not self.root.is_dir():
+            raise LakeError(f"lake root {self.root} is a file, not a folder")
+        self._lock_depth = 0
+        self._lock_handle = None
+
+    def __repr__(self) -> str:
+        return f"Lake({str(self.root)!r})"
+
+    # ---------------------------------------------------------------- paths
+    def table_dir(self, table: str) -> Path:
+        table_spec(table)
+        return self.root / table
+
+    def partition_dir(self, table: str, partition: Mapping[str, Any]) -> Path:
+        spec = table_spec(table)
+        if set(partition) != set(spec.partition_by):
+            raise LakeError(
+                f"table {table} is partitioned by {', '.join(spec.partition_by) or 'nothing'}, "
+                f"got {', '.join(partition) or 'nothing'}"
+            )
+        path = self.root / table
+        for key in spec.partition_by:
+            path = path / f"{key}={check_partition_value(key, partition[key])}"
+        return path
+
+    def partitions(self, table: str, **filters: Any) -> list[dict[str, str]]:
+        """The partitions that hold data, as ``{key: value}``, optionally filtered by key."""
+        spec = table_spec(table)
+        unknown = set(filters) - set(spec.partition_by)
+        if unknown:
+            raise LakeError(f"table {table} has no partition key {', '.join(sorted(unknown))}")
+        base = self.root / table
+        if not base.is_dir():
+            return []
+        found = []
+        pattern = "/".join(["*"] * len(spec.partition_by) + [DATA_FILE])
+        for path in sorted(base.glob(pattern)):
+            parts = path.relative_to(base).parts[:-1]
+            values = dict(part.split("=", 1) for part in parts)
+            if list(values) != list(spec.partition_by):
+                continue
+            if all(str(values.get(k)) == str(v) for k, v in filters.items() if v is not None):
+                found.append(values)
+        return found
+
+    def files(self, table: str, **filters: Any) -> list[Path]:
+        return [self.partition_dir(table, p) / DATA_FILE for p in self.partitions(table, **filters)]
+
+    def exists(self, table: str, **filters: Any) -> bool:
+        return bool(self.partitions(table, **filters))
+
+    # ---------------------------------------------------------------- metadata
+    def info(self, table: str) -> dict[str, Any]:
+        """The table's ``_table.json`` (empty dict when the table was never written)."""
+        path = self.table_dir(table) / SIDECAR
+        if not path.exists():
+            return {}
+        try:
+            info = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise LakeError(f"{path} is unreadable: {exc}") from None
+        version = info.get("schema_version", SCHEMA_VERSION)
+        if not isinstance(version, int) or version > SCHEMA_VERSION:
+            raise LakeError(
+                f"table {table} was written with lake schema version {version}; this galsae-lake "
+                f"{__version__} reads up to version {SCHEMA_VERSION}: upgrade galsae-lake"
+            )
+        return info
+
+    def check_versions(self) -> None:
+        """Raise if any table of the lake was written by a newer schema version."""
+        for table in self.tables():
+            self.info(table)
+
+    def tables(self) -> list[str]:
+        """Registered tables that hold data, in registry order."""
+        return [name for name in TABLES if self.exists(name)]
+
+    def summary(self) -> list[dict[str, Any]]:
+        """Rows, partitions and bytes on disk for every registered table."""
+        rows = []
+        for name in TABLES:
+            files = self.files(name)
+            info = self.info(name) if files else {}
+            rows.append({
+                "table": name,
+                "rows": sum(pq.ParquetFile(f).metadata.num_rows for f in files),
+                "partitions": len(files) if TABLES[name].partition_by else int(bool(files)),
+                "bytes": sum(f.stat().st_size for f in files),
+                "updated_at": info.get("updated_at"),
+            })
+        return rows
+
+    # ---------------------------------------------------------------- reads
+    def _require(self, table: str, filters: Mapping[str, Any]) -> list[Path]:
+        self.info(table)
+        files = self.files(table, **filters)
+        if not files:
+            where = ", ".join(f"{k}={v}" for k, v in filters.items() if v is not None)
+            raise LakeError(
+                f"table {table}{' (' + where + ')' if where else ''} has no data in {self.root}"
+            )
+        return files
+
+    def scan(self, table: str, **filters: Any) -> pl.LazyFrame:
+        """The table (or the partitions matching ``filters``) as a Polars LazyFrame.
+
+        Partition keys come back as string columns, as Hive readers show them.
+        """
+        spec = table_spec(table)
+        frames = []
+        for partition, path in zip(self.partitions(table, **filters), self._require(table, filters)):
+            frame = pl.scan_parquet(path)
+            if partition:
+                frame = frame.with_columns(
+                    pl.lit(partition[key], dtype=pl.String).alias(key) for key in spec.partition_by
+                )
+            frames.append(frame)
+        return frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical")
+
+    def read(self, table: str, **filters: Any) -> pl.DataFrame:
+        return self.scan(table, **filters).collect()
+
+    def arrow(self, table: str, columns: list[str] | None = None, **filters: Any) -> pa.Table:
+        """The table as a pyarrow Table (partition keys as string columns)."""
+        spec = table_spec(table)
+        parts = []
+        for partition, path in zip(self.partitions(table, **filters), self._require(table, filters)):
+            part = pq.read_table(path, columns=columns)
+            for key in spec.partition_by:
+                if columns is None or key in columns:
+                    part = part.append_column(key, pa.array([partition[key]] * part.num_rows, _S))
+            parts.append(part)
+        return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+
+    def duckdb_source(self, table: str, **filters: Any) -> str:
+        """A DuckDB FROM-clause expression for the table (vectors as FLOAT[d] where d is unique)."""
+        spec = table_spec(table)
+        files = self._require(table, filters)
+        file_list = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
+        hive = ", ".join(f"'{k}': 'VARCHAR'" for k in spec.partition_by)
+        options = f", hive_partitioning = true, hive_types = {{{hive}}}" if hive else ""
+        source = f"read_parquet([{file_list}]{options})"
+        casts = []
+        for name, kind in spec.columns:
+            if kind == VECTOR:
+                sizes = {pq.read_schema(f).field(name).type.list_size for f in files}
+                if len(sizes) == 1:
+                    casts.append(f'"{name}"::FLOAT[{sizes.pop()}] AS "{name}"')
+        if casts:
+            replaced = ", ".join(casts)
+            return f"(SELECT * REPLACE ({replaced}) FROM {source})"
+        return source
+
+    def connect(self, tables: list[str] | None = None) -> duckdb.DuckDBPyConnection:
+        """An in-memory DuckDB connection with one view per table that holds data."""
+        self.check_versions()
+        con = duckdb.connect(":memory:")
+        for table in tables or self.tables():
+            con.execute(f'CREATE VIEW "{table}" AS SELECT * FROM {self.duckdb_source(table)}')
+        return con
+
+    # ---------------------------------------------------------------- writes
+    def transaction(
+        self,
+        command: str,
+        parameters: Mapping[str, Any] | None = None,
+        upstream: list[str] | None = None,
+    ) -> "Transaction":
+        """Start a write: ``with lake.transaction("embed", params) as tx: tx.write(...)``."""
+        if self.root.exists() and not self.root.is_dir():
+            raise LakeError(f"lake root {self.root} is a file, not a folder")
+        return Transaction(self, command, dict(parameters or {}), list(upstream or []))
+
+    @contextlib.contextmanager
+    def lock(self, timeout: float | None = None) -> Iterator[None]:
+        """The writers' lock: exclusive between processes, reentrant within one."""
+        if self._lock_depth:
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+            return
+        if timeout is None:
+            timeout = float(os.environ.get(ENV_LOCK_TIMEOUT, "600"))
+        self.root.mkdir(parents=True, exist_ok=True)
+        handle = open(self.root / LOCK_FILE, "a+")
+        deadline = time.monotonic() + timeout
+        told = False
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                if time.monotonic() >= deadline:
+                    handle.close()
+                    raise LakeError(
+                        f"the lake {self.root} is being written by {holder}; gave up after "
+                        f"{timeout:.0f} s (set {ENV_LOCK_TIMEOUT} to wait longer)"
+                    ) from None
+                if not told:
+                    print(f"waiting for the lake lock held by {holder} ...", file=sys.stderr)
+                    told = True
+                time.sleep(0.05)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} ({' '.join(sys.argv[:2]) or 'python'}, since "
+                     f"{datetime.now(timezone.utc):%H:%M:%S} UTC)")
+        handle.flush()
+        self._lock_handle, self._lock_depth = handle, 1
+        try:
+            self.recover()
+            yield
+        finally:
+            self._lock_depth = 0
+            handle.seek(0)
+            handle.truncate()
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
+            self._lock_handle = None
+
+    def recover(self) -> None:
+        """Roll forward commits that died half way; drop staging left by dead processes.
+
+        Called under the lock (every commit calls it first).
+        """
+        staging = self.root / STAGING
+        if not staging.is_dir():
+            return
+        for txdir in sorted(staging.iterdir()):
+            journal = txdir / JOURNAL
+            if journal.exists():
+                try:
+                    plan = json.loads(journal.read_text())
+                except json.JSONDecodeError:
+                    plan = None  # the journal itself was cut short: the commit never started
+                if plan is not None:
+                    _apply_plan(self, plan)
+                shutil.rmtree(txdir, ignore_errors=True)
+            elif not _pid_alive(txdir.name):
+                shutil.rmtree(txdir, ignore_errors=True)
+
+
+def _pid_alive(txid: str) -> bool:
+    try:
+        pid = int(txid.split("-", 1)[0])
+        os.kill(pid, 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class _Staged:
+    table: str
+    partition: dict[str, str]
+    path: Path
+    rows: int
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class PartitionWriter:
+    """Streams record batches into one staged partition file (see :meth:`Transaction.writer`)."""
+
+    def __init__(self, tx: "Transaction", table: str, partition: dict[str, str], info: dict):
+        self._tx, self.table, self.partition, self.info = tx, table, partition, info
+        self.spec = table_spec(table)
+        self.path = tx._staged_path(table, partition)
+        self._writer: pq.ParquetWriter | None = None
+        self.rows = 0
+
+    def write(self, data: pa.Table | pl.DataFrame) -> None:
+        table = _conform(self.spec, _to_arrow(data))
+        if self._writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = pq.ParquetWriter(self.path, table.schema, compression="zstd")
+        self._writer.write_table(table, row_group_size=256_000)
+        self.rows += table.num_rows
+
+    def close(self) -> None:
+        if self._writer is None:  # nothing written: an empty partition still replaces the old one
+            raise LakeError(f"table {self.table}: nothing to write for {self.partition}")
+        self._writer.close()
+        self._tx._staged.append(_Staged(self.table, self.partition, self.path, self.rows, self.info))
+
+
+class Transaction:
+    """Stages writes under ``<root>/_staging`` and moves them into place on commit.
+
+    Used as a context manager: leaving the block normally commits; an exception discards every
+    staged file and leaves the lake untouched.
+    """
+
+    def __init__(self, lake: Lake, command: str, parameters: dict, upstream: list[str]):
+        self.lake, self.command, self.parameters, self.upstream = lake, command, parameters, upstream
+        self.txid = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        self.dir = lake.root / STAGING / self.txid
+        self._created_root = not lake.root.exists()
+        self._staged: list[_Staged] = []
+        self._merge: dict[str, pa.Table] = {}
+        self.committed = False
+
+    def __enter__(self) -> "Transaction":
+        self.dir.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        try:
+            if kind is None:
+                self.commit()
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            # leave no trace of a failed command: drop the folders this transaction created
+            with contextlib.suppress(OSError):
+                (self.lake.root / STAGING).rmdir()
+            if self._created_root and not self.committed:
+                with contextlib.suppress(OSError):
+                    self.lake.root.rmdir()
+
+    def _staged_path(self, table: str, partition: Mapping[str, str]) -> Path:
+        target = self.lake.partition_dir(table, partition)
+        return self.dir / target.relative_to(self.lake.root) / DATA_FILE
+
+    def writer(self, table: str, partition: Mapping[str, Any] | None = None,
+               info: Mapping[str, Any] | None = None) -> PartitionWriter:
+        """A writer that streams batches into one partition; call ``close()`` when done."""
+        spec = table_spec(table)
+        partition = {k: check_partition_value(k, v) for k, v in (partition or {}).items()}
+        if set(partition) != set(spec.partition_by):
+            raise LakeError(f"table {table} is partitioned by {', '.join(spec.partition_by)}")
+        return PartitionWriter(self, table, partition, dict(info or {}))
+
+    def write(self, table: str, data: pa.Table | pl.DataFrame,
+              partition: Mapping[str, Any] | None = None,
+              info: Mapping[str, Any] | None = None) -> list[dict[str, str]]:
+        """Stage ``data`` for ``table``; returns the partitions it will replace.
+
+        With ``partition`` every row goes to that partition; otherwise ``data`` carries the
+        partition key columns and is split by them. Each partition written replaces the old one
+        whole. For an unpartitioned table with a key (``sae_runs``), rows replace the rows with
+        the same key and the others stay.
+        """
+        spec = table_spec(table)
+        arrow = _to_arrow(data)
+        if not spec.partition_by:
+            if spec.key is None:
+                self._stage(table, {}, arrow, info)
+            else:
+                previous = self._merge.get(table)
+                self._merge[table] = arrow if previous is None else pa.concat_tables(
+                    [_conform(spec, previous), _conform(spec, arrow)])
+            return [{}]
+        if partition is not None:
+            fixed = {k: check_partition_value(k, v) for k, v in partition.items()}
+            for key, value in fixed.items():
+                if key in arrow.column_names:
+                    arrow = arrow.drop_columns([key])
+            if set(fixed) != set(spec.partition_by):
+                raise LakeError(f"table {table} is partitioned by {', '.join(spec.partition_by)}")
+            self._stage(table, fixed, arrow, info)
+            return [fixed]
+        missing = [k for k in spec.partition_by if k not in arrow.column_names]
+        if missing:
+            raise LakeError(f"table {table}: no partition column(s) {', '.join(missing)}")
+        frame = pl.from_arrow(arrow)
+        written = []
+        for keys, group in frame.group_by(list(spec.partition_by), maintain_order=True):
+            fixed = {k: check_partition_value(k, v) for k, v in zip(spec.partition_by, keys)}
+            self._stage(table, fixed, group.drop(list(spec.partition_by)).to_arrow(), info)
+            written.append(fixed)
+        return written
+
+    def _stage(self, table, partition, arrow, info) -> None:
+        spec = table_spec(table)
+        if any(s.table == table and s.partition == partition for s in self._staged):
+            raise LakeError(f"table {table}: partition {partition} written twice in one command")
+        if arrow.num_rows == 0:
+            raise LakeError(f"table {table}: nothing to write for {partition or 'the table'}")
+        conformed = _conform(spec, arrow)
+        path = self._staged_path(table, partition)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(conformed, path, compression="zstd", row_group_size=256_000)
+        self._staged.append(_Staged(table, partition, path, conformed.num_rows, dict(info or {})))
+
+    def commit(self) -> None:
+        """Move every staged file into place under the lock (journaled, atomic per partition)."""
+        if self.committed:
+            return
+        with self.lake.lock():
+            for table, rows in self._merge.items():
+                spec = table_spec(table)
+                keys = pa.compute.unique(rows.column(spec.key))
+                target = self.lake.partition_dir(table, {}) / DATA_FILE
+                if target.exists():
+                    old = pq.read_table(target)
+                    kept = old.filter(pa.compute.invert(pa.compute.is_in(old.column(spec.key), keys)))
+                    rows = pa.concat_tables([_conform(spec, kept), _conform(spec, rows)])
+                self._stage(table, {}, rows, None)
+            now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            entries = []
+            for staged in self._staged:
+                target = self.lake.partition_dir(staged.table, staged.partition) / DATA_FILE
+                entries.append({
+                    "table": staged.table,
+                    "staged": str(staged.path.relative_to(self.lake.root)),
+                    "target": str(target.relative_to(self.lake.root)),
+                    "partition": "/".join(f"{k}={v}" for k, v in staged.partition.items()),
+                    "meta": {
+                        "rows": staged.rows,
+                        "command": self.command,
+                        "parameters": self.parameters,
+                        "config_hash": config_hash(self.parameters),
+                        "package_version": __version__,
+                        "upstream": self.upstream,
+                        "written_at": now,
+                        **staged.info,
+                    },
+                })
+            plan = {"txid": self.txid, "entries": entries}
+            journal = self.dir / JOURNAL
+            journal.write_text(json.dumps(plan, default=str))
+            _fsync(journal)
+            _apply_plan(self.lake, plan)
+            self.committed = True
+            journal.unlink()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _apply_plan(lake: Lake, plan: dict) -> None:
+    """Move staged files into place, then rewrite the sidecars. Idempotent (used by recovery)."""
+    touched: dict[str, list[dict]] = {}
+    for entry in plan["entries"]:
+        staged, target = lake.root / entry["staged"], lake.root / entry["target"]
+        if staged.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _fsync(staged)
+            os.replace(staged, target)
+        touched.setdefault(entry["table"], []).append(entry)
+    for table, entries in touched.items():
+        _update_sidecar(lake, table, entries)
+
+
+def _update_sidecar(lake: Lake, table: str, entries: list[dict]) -> None:
+    spec = table_spec(table)
+    path = lake.table_dir(table) / SIDECAR
+    info = lake.info(table) or {"table": table}
+    partitions = info.get("partitions", {})
+    for entry in entries:
+        partitions[entry["partition"] or "."] = entry["meta"]
+    # forget partitions whose data file is gone (e.g. removed by hand)
+    live = {"/".join(f"{k}={v}" for k, v in p.items()) or "." for p in lake.partitions(table)}
+    partitions = {k: v for k, v in sorted(partitions.items()) if k in live}
+    last = entries[-1]["meta"]
+    upstream = sorted({u for meta in partitions.values() for u in meta.get("upstream", [])})
+    info.update({
+        "table": table,
+        "schema_version": SCHEMA_VERSION,
+        "description": spec.description,
+        "partition_by": list(spec.partition_by),
+        "columns": {name: str(kind) if kind != VECTOR else "fixed_size_list<float32>"
+                    for name, kind in spec.columns},
+        "rows": sum(meta.get("rows", 0) for meta in partitions.values()),
+        "command": last["command"],
+        "parameters": last["parameters"],
+        "config_hash": last["config_hash"],
+        "package_version": __version__,
+        "upstream": upstream,
+        "updated_at": last["written_at"],
+        "partitions": partitions,
+    })
+    tmp = path.with_name(f".{SIDECAR}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(info, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def sql_dir() -> Path:
+    """The folder of the project's queries (``sql/``; shipped as ``galsae_lake/sql`` in a wheel)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "sql", here.parent / "sql"):
+        if candidate.is_dir():
+            return candidate
+    raise LakeError("the sql/ folder of galsae-lake is missing from this installation")
+
+
+def query(name: str) -> str:
+    """The text of ``sql/<name>.sql``: one query per produced table or view."""
+    path = sql_dir() / f"{name}.sql"
+    if not path.exists():
+        raise LakeError(f"no query sql/{name}.sql")
+    return path.read_text()
+
+
+#: statement types `galsae-lake sql` runs; anything else (COPY, INSERT, ATTACH, SET ...) is refused
+_READ_ONLY = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
+
+
+def run_sql(lake: Lake, sql: str) -> duckdb.DuckDBPyRelation | None:
+    """Run read-only SQL over the lake's views; returns the last statement's result.
+
+    Only SELECT (with WITH, DESCRIBE, SHOW, SUMMARIZE) and EXPLAIN run, so nothing can write to
+    the lake or anywhere else.
+    """
+    con = lake.connect()
+    try:
+        statements = con.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise LakeError(f"SQL: {_first_line(exc)}") from None
+    if not statements:
+        raise LakeError("SQL: no statement given")
+    for statement in statements:
+        if statement.type not in _READ_ONLY:
+            kind = str(statement.type).rsplit(".", 1)[-1]
+            raise LakeError(f"SQL: only read-only queries run over the lake; refused a {kind} statement")
+    result = None
+    try:
+        for statement in statements:
+            result = con.sql(statement.query)
+    except duckdb.Error as exc:
+        raise LakeError(f"SQL: {_first_line(exc)}") from None
+    return result
+
+
+def _first_line(exc: BaseException) -> str:
+    return " ".join(str(exc).strip().splitlines()[0].split())
