@@ -49,6 +49,7 @@ SIDECAR = "_table.json"
 STAGING = "_staging"
 LOCK_FILE = "_lock"
 JOURNAL = "_journal.json"
+MODELS = "models"
 ENV_ROOT = "GALSAE_LAKE"
 ENV_LOCK_TIMEOUT = "GALSAE_LOCK_TIMEOUT"
 DEFAULT_ROOT = "lake"
@@ -276,6 +277,11 @@ class Lake:
         for key in spec.partition_by:
             path = path / f"{key}={check_partition_value(key, partition[key])}"
         return path
+
+    def model_dir(self, kind: str, name: str) -> Path:
+        """The folder of a stored model (``<root>/models/<kind>/<name>``): checkpoints, weights."""
+        return self.root / MODELS / check_partition_value("kind", kind) / check_partition_value(
+            "name", name)
 
     def partitions(self, table: str, **filters: Any) -> list[dict[str, str]]:
         """The partitions that hold data, as ``{key: value}``, optionally filtered by key."""
@@ -557,6 +563,7 @@ class Transaction:
         self._created_root = not lake.root.exists()
         self._staged: list[_Staged] = []
         self._merge: dict[str, pa.Table] = {}
+        self._dirs: list[tuple[Path, Path]] = []
         self.committed = False
 
     def __enter__(self) -> "Transaction":
@@ -588,6 +595,16 @@ class Transaction:
         if set(partition) != set(spec.partition_by):
             raise LakeError(f"table {table} is partitioned by {', '.join(spec.partition_by)}")
         return PartitionWriter(self, table, partition, dict(info or {}))
+
+    def stage_dir(self, kind: str, name: str) -> Path:
+        """An empty folder to write a model into; at commit it replaces ``lake.model_dir(kind, name)``."""
+        target = self.lake.model_dir(kind, name)
+        staged = self.dir / target.relative_to(self.lake.root)
+        if staged.exists():
+            raise LakeError(f"model {kind}/{name} staged twice in one command")
+        staged.mkdir(parents=True)
+        self._dirs.append((staged, target))
+        return staged
 
     def write(self, table: str, data: pa.Table | pl.DataFrame,
               partition: Mapping[str, Any] | None = None,
@@ -675,7 +692,11 @@ class Transaction:
                         **staged.info,
                     },
                 })
-            plan = {"txid": self.txid, "entries": entries}
+            folders = [{"staged": str(staged.relative_to(self.lake.root)),
+                        "target": str(target.relative_to(self.lake.root)),
+                        "aside": str((self.dir / "_replaced" / str(i)).relative_to(self.lake.root))}
+                       for i, (staged, target) in enumerate(self._dirs)]
+            plan = {"txid": self.txid, "entries": entries, "folders": folders}
             journal = self.dir / JOURNAL
             journal.write_text(json.dumps(plan, default=str))
             _fsync(journal)
@@ -694,6 +715,15 @@ def _fsync(path: Path) -> None:
 
 def _apply_plan(lake: Lake, plan: dict) -> None:
     """Move staged files into place, then rewrite the sidecars. Idempotent (used by recovery)."""
+    for folder in plan.get("folders", []):
+        staged, target = lake.root / folder["staged"], lake.root / folder["target"]
+        aside = lake.root / folder["aside"]
+        if staged.exists():
+            if target.exists():
+                aside.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(target, aside)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staged, target)
     touched: dict[str, list[dict]] = {}
     for entry in plan["entries"]:
         staged, target = lake.root / entry["staged"], lake.root / entry["target"]
