@@ -126,8 +126,20 @@ TABLES: dict[str, TableSpec] = {
         _spec("feature_summary", ["model_id", "split"],
               [("method", _S), ("feature", _I32), ("frequency", _F64), ("frequency_rank", _I32),
                ("max_abs_spearman", _F64), ("best_label", _S), ("novelty", _F64),
-               ("novelty_rank", _I32)],
+               ("novelty_rank", _I32), ("max_abs_spearman_secondary", _F64),
+               ("best_label_secondary", _S), ("n_features", _I32)],
               "per-feature alignment with the labels and novelty"),
+        _spec("pca_runs", [], [("pca_id", _S), ("encoder", _S), ("n_components", _I32),
+                               ("fit_split", _S), ("n_fit", _I64), ("input_dim", _I32),
+                               ("explained_variance", _F64), ("checkpoint", _S),
+                               ("created_at", _TS)],
+              "one row per fitted PCA baseline (standardized embeddings)", key="pca_id"),
+        _spec("label_null", ["model_id", "split"],
+              [("method", _S), ("label", _S), ("n", _I64), ("n_features", _I32),
+               ("permutations", _I32), ("observed_max_abs_spearman", _F64),
+               ("null_mean", _F64), ("null_q50", _F64), ("null_q95", _F64), ("null_max", _F64),
+               ("excess_over_null", _F64)],
+              "max |rho| over all features per label, observed and with shuffled labels"),
     ]
 }
 
