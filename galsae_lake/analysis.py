@@ -331,7 +331,7 @@ def read_codes(lake: Lake, model: Model, split: str, rows_of_split: np.ndarray, 
                 f'feature, "{value}" AS value FROM {source}')
     con.register("split_rows", pa.table({"id_str": pa.array(ids, pa.string()),
                                          "row": pa.array(rows_of_split.astype(np.int32))}))
-    result = con.execute(query("analysis_codes"), {"n_features": model.n_features}).to_arrow_table()
+    result = con.sql(query("analysis_codes"), params={"n_features": model.n_features}).to_arrow_table()
     f = result.column("feature").to_numpy()
     r = result.column("row").to_numpy()
     v = result.column("value").to_numpy()
@@ -490,11 +490,11 @@ def summarize(con: duckdb.DuckDBPyConnection, results: list[MethodResult],
     con.register("feature_stats", pa.concat_tables(stat_parts))
     con.register("null_samples", pa.concat_tables(null_parts))
     params = {"exclude_question": exclude_question or ""}
-    corr = con.execute("SELECT c.method, c.feature, l.label, c.spearman, c.n FROM corr_values c "
+    corr = con.sql("SELECT c.method, c.feature, l.label, c.spearman, c.n FROM corr_values c "
                        "JOIN label_names l USING (label_index) ORDER BY c.method, c.feature, "
                        "c.label_index").to_arrow_table()
-    summary = con.execute(query("feature_summary"), params).to_arrow_table()
-    null = con.execute(query("label_null")).to_arrow_table()
+    summary = con.sql(query("feature_summary"), params=params).to_arrow_table()
+    null = con.sql(query("label_null")).to_arrow_table()
     return {"feature_label_corr": corr, "feature_summary": summary, "label_null": null}
 
 
@@ -512,8 +512,8 @@ def compare(lake: Lake, sae_id: str, pca_id: str | None = None, split: str = DEF
             raise InputError(f"{model_id!r} is not analyzed on split {split!r}; run galsae-lake "
                              f"analyze --model {model_id} --split {split} first")
     con = lake.connect(["feature_summary", "label_null"])
-    return con.execute(query("sae_vs_pca"), {"sae_id": sae_id, "pca_id": pca_id,
-                                             "split": split}).pl()
+    return con.sql(query("sae_vs_pca"), params={"sae_id": sae_id, "pca_id": pca_id,
+                                                "split": split}).pl()
 
 
 def latest_pca(lake: Lake, encoder: str) -> str:

@@ -135,3 +135,62 @@ def sql(ctx: click.Context, query: str, fmt: str, output: str | None) -> None:
     if relation is None:
         return
     write_frame(relation.pl(), fmt, output, lake)
+
+
+# ---- analysis ----
+@main.command(epilog=example("galsae-lake pca --encoder zoobot-synth --n-components 64"))
+@click.option("--encoder", required=True, help="Encoder whose embeddings to decompose.")
+@click.option("--n-components", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Principal components to keep.")
+@click.option("--fit-split", default="train", show_default=True,
+              help="Split to standardize and fit on (the SAE's training split).")
+@click.pass_context
+def pca(ctx: click.Context, encoder: str, n_components: int, fit_split: str) -> None:
+    """Fit a PCA baseline on standardized embeddings; write scores for every split."""
+    from galsae_lake.pca import fit_pca
+    click.echo(fit_pca(lake_of(ctx), encoder, n_components, fit_split))
+
+
+@main.command(epilog=example("galsae-lake analyze --model pca-zoobot-synth-3f9a2c --split test"))
+@click.option("--model", "model_id", required=True,
+              help="An SAE run_id (sae-...) or a pca_id (pca-...).")
+@click.option("--split", default="test", show_default=True, help="Split to analyze.")
+@click.option("--catalog", default="volunteers", show_default=True, help="Votes catalog.")
+@click.option("--exclude-question", default="smooth-or-featured", show_default=True,
+              help="Question left out of the secondary view ('' keeps all labels).")
+@click.option("--permutations", default=20, show_default=True, type=click.IntRange(min=0),
+              help="Label shuffles for the permutation null (0 = none).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the shuffles.")
+@click.option("--seed-variant", is_flag=True,
+              help="Also analyze the seed's dense ReLU activations (method sae_relu).")
+@click.option("--skip-empty-labels", is_flag=True,
+              help="Analyze without labels that have no votes on the split (rho 0, n 0).")
+@click.option("--with-pca", is_flag=True,
+              help="For an SAE: also analyze the newest PCA of its encoder and print the comparison.")
+@click.pass_context
+def analyze(ctx: click.Context, model_id: str, split: str, catalog: str, exclude_question: str,
+            permutations: int, seed: int, seed_variant: bool, skip_empty_labels: bool,
+            with_pca: bool) -> None:
+    """Spearman of every feature with every label, novelty and a permutation null.
+
+    Writes feature_label_corr, feature_summary and label_null for (MODEL, SPLIT).
+    """
+    from galsae_lake import analysis
+    lake = lake_of(ctx)
+    models = [model_id]
+    if with_pca:
+        model = analysis.resolve_model(lake, model_id)
+        if model.kind != "sae":
+            raise GalsaeError("--with-pca needs an SAE run id")
+        models.append(analysis.latest_pca(lake, model.encoder))
+    for name in models:
+        r = analysis.analyze(lake, name, split=split, catalog=catalog,
+                             exclude_question=exclude_question, permutations=permutations,
+                             seed=seed, seed_variant=seed_variant and name == model_id,
+                             skip_empty_labels=skip_empty_labels)
+        null = "" if r["null_q95_median"] is None else f", null q95 {r['null_q95_median']:.3f}"
+        click.echo(f"{name} {split}: {r['features']} features x {r['labels']} labels on "
+                   f"{r['rows']} galaxies; max |rho| {r['max_abs_spearman']:.3f}{null}, "
+                   f"median novelty {r['median_novelty']:.3f} ({r['seconds']:.1f} s)")
+    if with_pca:
+        write_frame(analysis.compare(lake, model_id, models[1], split), "table", None)
