@@ -109,104 +109,220 @@ def label_row_sets(labels: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
     the index of its set. Galaxy Zoo answers of one question share a set, so there are at most 13.
     """
     kept = ~np.isnan(labels)
-    packed = np.packbits(kept, axis=0).T  # one byte string per label, compared exactly
-    unique, set_of_label = np.unique(packed, axis=0, return_inverse=True)
-    masks = [np.unpackbits(u, count=labels.shape[0]).astype(bool) for u in unique]
-    return masks, np.asarray(set_of_label).reshape(-1)
+    packed = np.packbits(kept, axis=0)  # compared exactly, as bytes, one column per label
+    index: dict[bytes, int] = {}
+    set_of_label = np.array([index.setdefault(packed[:, j].tobytes(), len(index))
+                             for j in range(labels.shape[1])], dtype=np.int64)
+    masks = [kept[:, int(np.argmax(set_of_label == s))].copy() for s in range(len(index))]
+    return masks, set_of_label
 
 
-def _set_ranks(codes: Codes, mask: np.ndarray, groups: np.ndarray):
-    """Average ranks of every feature within the rows of ``mask`` (implicit zeros included).
+#: code entries handled at once (bounds memory: a few arrays of this many float64 values)
+BLOCK_ENTRIES = 4_000_000
 
-    Returns (keep, dr, var_f): which code entries lie in the set, their rank minus the zero
-    block's average rank, and each feature's sum of squared centred ranks over the set.
-    """
-    n_set = int(mask.sum())
+
+def feature_blocks(codes: Codes, block_entries: int = BLOCK_ENTRIES) -> list[tuple[int, int, int, int]]:
+    """Split the sorted codes into runs of whole features: (first feature, end feature, start, stop)."""
     F = codes.n_features
-    keep = mask[codes.row]
-    kf = codes.feature[keep]
-    kg = groups[keep]
-    kv = codes.value[keep]
-    m = len(kf)
-    # entries stay sorted by (feature, value), so tie groups and features are contiguous runs
-    group_start = np.r_[True, kg[1:] != kg[:-1]] if m else np.zeros(0, bool)
-    starts = np.flatnonzero(group_start)
-    sizes = np.diff(np.r_[starts, m])
-    group_first = np.repeat(starts, sizes)
-    group_size = np.repeat(sizes, sizes)
-    nnz = np.bincount(kf, minlength=F)
-    feature_first = np.r_[0, np.cumsum(nnz)[:-1]][kf] if m else np.zeros(0, np.int64)
-    rank_nonzero = (group_first - feature_first) + (group_size + 1) / 2.0
-    negative = np.bincount(kf, weights=(kv < 0), minlength=F)
-    zeros = n_set - nnz
-    rank = rank_nonzero + np.where(kv > 0, zeros[kf], 0)
-    zero_rank = negative + (zeros + 1) / 2.0
-    middle = (n_set + 1) / 2.0
-    dr = rank - zero_rank[kf]
-    var_f = np.bincount(kf, weights=(rank - middle) ** 2, minlength=F) + zeros * (zero_rank - middle) ** 2
-    return keep, dr, var_f
-
-
-def _tie_groups(codes: Codes) -> np.ndarray:
-    f, v = codes.feature, codes.value
-    if len(f) == 0:
-        return np.zeros(0, np.int64)
-    if np.any(np.diff(f) < 0) or np.any((np.diff(f) == 0) & (np.diff(v) < 0)):
+    if len(codes.feature) and (np.any(np.diff(codes.feature) < 0)):
         raise ValueError("codes must be sorted by (feature, value)")
-    new = np.r_[True, (f[1:] != f[:-1]) | (v[1:] != v[:-1])]
-    return np.cumsum(new)
+    bounds = np.searchsorted(codes.feature, np.arange(F + 1))
+    blocks, first = [], 0
+    while first < F:
+        end = first + 1
+        while end < F and bounds[end + 1] - bounds[first] <= block_entries:
+            end += 1
+        blocks.append((first, end, int(bounds[first]), int(bounds[end])))
+        first = end
+    return blocks
 
 
-def spearman(codes: Codes, labels: np.ndarray, permutations: int = 0,
-             rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+@dataclass
+class _Block:
+    """One run of whole features of the sorted codes, with its set-independent tie structure."""
+
+    first: int             # first feature
+    F: int                 # features in the block
+    feature: np.ndarray    # block-local feature of each entry (int32)
+    row: np.ndarray
+    value: np.ndarray
+    group_start: np.ndarray    # index of the first entry of the entry's tie group
+    group_end: np.ndarray      # index one past its last entry
+    feature_start: np.ndarray  # index of the first entry of the entry's feature
+    negatives: bool            # any negative code (SAE codes are all positive)
+
+    @classmethod
+    def of(cls, codes: Codes, first: int, end: int, start: int, stop: int) -> "_Block":
+        f = codes.feature[start:stop] - first
+        v = codes.value[start:stop]
+        m = len(f)
+        index = np.arange(m, dtype=np.int32)
+        new_group = np.ones(m, bool)
+        if m:
+            new_group[1:] = (f[1:] != f[:-1]) | (v[1:] != v[:-1])
+        group_start = np.maximum.accumulate(np.where(new_group, index, 0)).astype(np.int32)
+        last = np.ones(m, bool)
+        if m:
+            last[:-1] = new_group[1:]
+        group_end = np.minimum.accumulate(np.where(last, index + 1, m)[::-1])[::-1].astype(np.int32)
+        bounds = np.concatenate(([0], np.cumsum(np.bincount(f, minlength=end - first))))
+        return cls(first, end - first, f, codes.row[start:stop], v, group_start, group_end,
+                   bounds[f].astype(np.int32), bool((v < 0).any()))
+
+    def ranks(self, mask: np.ndarray, position: np.ndarray):
+        """Average ranks of the block's features within the rows of ``mask``.
+
+        Returns (kf, kc, dr, var_f): the local feature and the set position (``position[row]``) of
+        each entry inside the set, its rank minus the rank of the feature's zero block (implicit
+        zeros are one tie group, below positives and above negatives), and each feature's sum of
+        squared centred ranks over the set. Ranks are half-integers: the work is done on twice
+        the rank, in exact integers.
+        """
+        n_set = int(mask.sum())
+        F = self.F
+        if n_set == len(mask):  # every row: positions are counts already
+            kf, kv, rows = self.feature, self.value, self.row
+            twice = self.group_start + self.group_end
+            twice -= 2 * self.feature_start
+        else:
+            keep = mask[self.row]
+            # kept entries before each position: ranks within the set are differences of these
+            kept_before = np.zeros(len(keep) + 1, np.int32)
+            np.cumsum(keep, out=kept_before[1:])
+            idx = np.flatnonzero(keep)
+            del keep
+            # mean rank of a tie group = entries before it + (its size + 1) / 2
+            twice = kept_before[self.group_start[idx]]
+            twice += kept_before[self.group_end[idx]]
+            twice -= 2 * kept_before[self.feature_start[idx]]
+            del kept_before
+            kf, kv, rows = self.feature[idx], self.value[idx], self.row[idx]
+        twice += 1
+        nnz = np.bincount(kf, minlength=F)
+        zeros = n_set - nnz
+        if self.negatives:
+            negative = np.bincount(kf[kv < 0], minlength=F)
+            twice += np.where(kv > 0, 2 * zeros[kf], 0).astype(twice.dtype)
+        else:  # every code is positive: all rank above the zero block
+            negative = np.zeros(F, np.int64)
+            twice += (2 * zeros)[kf].astype(twice.dtype)
+        twice_zero = 2 * negative + zeros + 1
+        centred = (twice - (n_set + 1)).astype(np.float64)
+        var_f = (np.bincount(kf, weights=centred * centred, minlength=F)
+                 + zeros * (twice_zero - (n_set + 1)).astype(np.float64) ** 2) / 4.0
+        dr = (twice - twice_zero[kf]) * 0.5
+        return kf, position[rows], dr, var_f
+
+
+def _csr(kf: np.ndarray, kr: np.ndarray, data: np.ndarray, F: int, n_cols: int):
+    """A [F x n_cols] CSR matrix from entries already grouped by feature."""
+    indptr = np.concatenate(([0], np.cumsum(np.bincount(kf, minlength=F))))
+    return scipy.sparse.csr_matrix((data, kr, indptr), shape=(F, n_cols))
+
+
+#: features non-zero on more than this share of a set's rows are multiplied as a dense matrix
+DENSE_SHARE = 0.1
+
+
+class _RankMatrix:
+    """[features x set rows] centred ranks, frequent features dense (BLAS), the rest CSR."""
+
+    def __init__(self, kf, kc, dr, F: int, n_cols: int, float32: bool):
+        counts = np.bincount(kf, minlength=F)
+        self.F = F
+        self.dense_features = np.flatnonzero(counts > DENSE_SHARE * n_cols)
+        is_dense = np.zeros(F, bool)
+        is_dense[self.dense_features] = True
+        local = np.full(F, -1)
+        local[self.dense_features] = np.arange(len(self.dense_features))
+        in_dense = is_dense[kf]
+        self.dense = np.zeros((len(self.dense_features), n_cols))
+        self.dense[local[kf[in_dense]], kc[in_dense]] = dr[in_dense]
+        keep = ~in_dense
+        # built directly in each precision: .astype() would sort the indices first, needlessly
+        self.sparse = _csr(kf[keep], kc[keep], dr[keep], F, n_cols)
+        self.dense32 = self.dense.astype(np.float32) if float32 else None
+        self.sparse32 = _csr(kf[keep], kc[keep], dr[keep].astype(np.float32), F, n_cols) \
+            if float32 else None
+
+    def times(self, X: np.ndarray, float32: bool = False) -> np.ndarray:
+        """self @ X as float64 [F x columns]."""
+        sparse, dense = (self.sparse32, self.dense32) if float32 else (self.sparse, self.dense)
+        out = np.asarray(sparse @ X, np.float64)
+        if len(self.dense_features):
+            out[self.dense_features] += dense @ X
+        return out
+
+
+def spearman(codes: Codes, labels: np.ndarray, permutations: int = 0, seed: int = 0,
+             block_entries: int = BLOCK_ENTRIES, threads: int = 1
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Spearman rho of every feature with every label column, as scipy.stats.spearmanr.
 
     ``labels`` is [rows x labels] with NaN where a label is missing; each label uses its own
     non-NaN rows. Returns (rho [features x labels], n [labels], null [permutations x labels]),
-    where null holds the max |rho| over features with the label's values shuffled.
+    where null holds the max |rho| over features with the rows of the label's set shuffled
+    (answers of one question are shuffled together, keeping their joint distribution; the
+    shuffled products run in float32, ample for a null). Row sets run on ``threads`` threads
+    (numpy and scipy.sparse release the GIL); the result does not depend on it.
     """
     n_rows, L = labels.shape
     F = codes.n_features
     rho = np.zeros((F, L))
     n = (~np.isnan(labels)).sum(axis=0).astype(np.int64)
     null = np.zeros((permutations, L))
-    rng = rng or np.random.default_rng(0)
-    groups = _tie_groups(codes)
+    spans = feature_blocks(codes, block_entries)
+    blocks = [_Block.of(codes, *span) for span in spans] if len(spans) == 1 else None
     masks, set_of_label = label_row_sets(labels)
-    for s, mask in enumerate(masks):
+    streams = np.random.SeedSequence(seed).spawn(len(masks))
+
+    def one_set(s: int) -> None:
+        mask = masks[s]
         cols = np.flatnonzero(set_of_label == s)
         n_set = int(mask.sum())
         if n_set <= MIN_ROWS:
-            continue
-        keep, dr, var_f = _set_ranks(codes, mask, groups)
-        kf = codes.feature[keep]
-        counts = np.bincount(kf, minlength=F)
-        A = scipy.sparse.csr_matrix((dr, codes.row[keep], np.r_[0, np.cumsum(counts)]),
-                                    shape=(F, n_rows))
+            return
+        position = np.cumsum(mask, dtype=np.int64) - 1  # row -> column of the set's matrices
         ranks = scipy.stats.rankdata(labels[mask][:, cols], axis=0) - (n_set + 1) / 2.0
         var_l = (ranks ** 2).sum(axis=0)
-        denominator = np.sqrt(np.outer(var_f, var_l))
-        valid = denominator > 0
+        width = len(cols)
+        rng = np.random.default_rng(streams[s])
+        shuffles = [rng.permutation(n_set) for _ in range(permutations)]
+        per_call = max(1, 64 // width)  # shuffled label columns per product: bounds memory
+        ranks32 = np.ascontiguousarray(ranks, np.float32)
+        set_null = np.zeros((permutations, width))
+        for i, span in enumerate(spans):
+            block = blocks[i] if blocks is not None else _Block.of(codes, *span)
+            kf, kc, dr, var_f = block.ranks(mask, position)
+            A = _RankMatrix(kf, kc, dr, block.F, n_set, float32=permutations > 0)
+            del kf, kc, dr
+            denominator = np.sqrt(np.outer(var_f, var_l))
+            valid = denominator > 0
+            safe = np.where(valid, denominator, 1.0)
 
-        def correlate(centred: np.ndarray) -> np.ndarray:
-            full = np.zeros((n_rows, centred.shape[1]))
-            full[mask] = centred
-            numerator = np.asarray(A @ full)
-            width = len(cols)
-            out = np.zeros_like(numerator)
-            tiled = np.tile(valid, (1, numerator.shape[1] // width))
-            den = np.tile(denominator, (1, numerator.shape[1] // width))
-            out[tiled] = numerator[tiled] / den[tiled]
-            return np.clip(out, -1.0, 1.0)
+            def correlate(numerator: np.ndarray) -> np.ndarray:
+                out = numerator.reshape(len(var_f), -1, width) / safe[:, None, :]
+                out[np.broadcast_to(~valid[:, None, :], out.shape)] = 0.0
+                return np.clip(out, -1.0, 1.0)
 
-        rho[:, cols] = correlate(ranks)
-        # the null: shuffle each label within its rows, several permutations per product
-        per_call = max(1, 64 // len(cols))
-        for first in range(0, permutations, per_call):
-            batch = range(first, min(permutations, first + per_call))
-            shuffled = np.hstack([ranks[rng.permutation(n_set)] for _ in batch])
-            r = np.abs(correlate(shuffled)).max(axis=0).reshape(len(batch), len(cols))
-            null[first:first + len(batch), cols] = r
+            rho[block.first:block.first + block.F, cols] = correlate(A.times(ranks))[:, 0, :]
+            for p0 in range(0, permutations, per_call):
+                batch = shuffles[p0:p0 + per_call]
+                shuffled = np.hstack([ranks32[perm] for perm in batch])
+                best = np.abs(correlate(A.times(shuffled, float32=True))).max(axis=0)
+                part = set_null[p0:p0 + len(batch)]
+                np.maximum(part, best.reshape(len(batch), width), out=part)
+        null[:, cols] = set_null
+
+    # the biggest sets first, so that two threads finish together
+    order = sorted(range(len(masks)), key=lambda s: -int(masks[s].sum()))
+    if threads > 1 and len(masks) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(one_set, order))
+    else:
+        for s in order:
+            one_set(s)
     return rho, n, null
 
 
@@ -232,25 +348,28 @@ def label_basis(labels: np.ndarray) -> np.ndarray:
     return Q[:, : int((diagonal > tolerance).sum())]
 
 
-def novelty(codes: Codes, basis: np.ndarray) -> np.ndarray:
+def novelty(codes: Codes, basis: np.ndarray, block_entries: int = BLOCK_ENTRIES) -> np.ndarray:
     """1 - R^2 (clipped to [0, 1]) of each feature regressed on the labels with an intercept.
 
-    ``basis`` comes from :func:`label_basis`. Constant features get novelty 1 (as the seed).
+    ``basis`` comes from :func:`label_basis`: R^2 = |basis' y|^2 / |y - mean(y)|^2, the basis
+    being orthogonal to the constant. Constant features get novelty 1 (as the seed).
     """
     n_rows = len(basis)
-    F = codes.n_features
-    counts = np.bincount(codes.feature, minlength=F)
-    value = codes.value.astype(np.float64)
-    A = scipy.sparse.csr_matrix((value, codes.row, np.r_[0, np.cumsum(counts)]), shape=(F, n_rows))
-    projected = np.asarray(A @ basis)
-    explained = (projected ** 2).sum(axis=1)
-    total_sum = np.bincount(codes.feature, weights=value, minlength=F)
-    mean = total_sum / n_rows
-    total = (np.bincount(codes.feature, weights=(value - mean[codes.feature]) ** 2, minlength=F)
-             + (n_rows - counts) * mean ** 2)
-    out = np.ones(F)
-    variable = total / n_rows >= CONSTANT_STD ** 2
-    out[variable] = 1.0 - np.clip(explained[variable] / total[variable], 0.0, 1.0)
+    out = np.ones(codes.n_features)
+    for first, end, start, stop in feature_blocks(codes, block_entries):
+        F = end - first
+        kf = codes.feature[start:stop] - first
+        value = codes.value[start:stop].astype(np.float64)
+        projected = np.asarray(_csr(kf, codes.row[start:stop], value, F, n_rows) @ basis)
+        explained = (projected ** 2).sum(axis=1)
+        counts = np.bincount(kf, minlength=F)
+        mean = np.bincount(kf, weights=value, minlength=F) / n_rows
+        total = (np.bincount(kf, weights=(value - mean[kf]) ** 2, minlength=F)
+                 + (n_rows - counts) * mean ** 2)
+        variable = total / n_rows >= CONSTANT_STD ** 2
+        block = np.ones(F)
+        block[variable] = 1.0 - np.clip(explained[variable] / total[variable], 0.0, 1.0)
+        out[first:end] = block
     return out
 
 
@@ -353,15 +472,13 @@ def dense_relu_activations(lake: Lake, model: Model, X: np.ndarray) -> np.ndarra
 
 
 def compute(codes: Codes, labels: np.ndarray, permutations: int, seed: int = 0,
-            engine: str = "numpy") -> MethodResult:
+            engine: str = "numpy", threads: int = 1) -> MethodResult:
     """Spearman matrix, novelty and the permutation null of one method's codes."""
-    rng = np.random.default_rng(seed)
     if engine == "sql":
         rho, n = spearman_sql(codes, labels)
-        _, _, null = spearman(codes, labels, permutations, rng) if permutations else (
-            None, None, np.zeros((0, labels.shape[1])))
+        null = spearman(codes, labels, permutations, seed, threads=threads)[2]
     else:
-        rho, n, null = spearman(codes, labels, permutations, rng)
+        rho, n, null = spearman(codes, labels, permutations, seed, threads=threads)
     return MethodResult(codes.method, rho, n, novelty(codes, label_basis(labels)),
                         codes.frequency, null)
 
@@ -424,14 +541,15 @@ def analyze(lake: Lake, model_id: str, split: str = DEFAULT_SPLIT, catalog: str 
     rows_of_split[voted] = np.arange(int(voted.sum()))
     labels = all_labels[voted]
     codes = read_codes(lake, model, split, rows_of_split, ids, con)
-    results = [compute(codes, labels, permutations, seed, engine)]
+    threads = int(threads or os.cpu_count() or 1)
+    results = [compute(codes, labels, permutations, seed, engine, threads)]
     del codes
     if seed_variant:
         X = vectors(lake.arrow("embeddings", columns=["id_str", "embedding"],
                                encoder=model.encoder, split=split))
         dense = (dense_codes or dense_relu_activations)(lake, model, X)
         relu = Codes.from_dense("sae_relu", dense[voted], frequency_rows=dense)
-        results.append(compute(relu, labels, permutations, seed, engine))
+        results.append(compute(relu, labels, permutations, seed, engine, threads))
     tables = summarize(con, results, exclude_question)
     parameters = {"model_id": model_id, "split": split, "catalog": catalog,
                   "exclude_question": exclude_question, "permutations": permutations,
@@ -463,21 +581,21 @@ def summarize(con: duckdb.DuckDBPyConnection, results: list[MethodResult],
     for result in results:
         F = result.rho.shape[0]
         corr_parts.append(pa.table({
-            "method": pa.array(np.full(F * L, result.method)),
+            "method": pa.repeat(result.method, F * L),
             "feature": pa.array(np.repeat(np.arange(F, dtype=np.int32), L)),
             "label_index": pa.array(np.tile(np.arange(L, dtype=np.int32), F)),
             "spearman": pa.array(result.rho.reshape(-1)),
             "n": pa.array(np.tile(result.n, F)),
         }))
         stat_parts.append(pa.table({
-            "method": pa.array(np.full(F, result.method)),
+            "method": pa.repeat(result.method, F),
             "feature": pa.array(np.arange(F, dtype=np.int32)),
             "frequency": pa.array(result.frequency),
             "novelty": pa.array(result.novelty),
         }))
         P = result.null.shape[0]
         null_parts.append(pa.table({
-            "method": pa.array(np.full(P * L, result.method)),
+            "method": pa.repeat(result.method, P * L),
             "permutation": pa.array(np.repeat(np.arange(P, dtype=np.int32), L)),
             "label_index": pa.array(np.tile(np.arange(L, dtype=np.int32), P)),
             "max_abs_spearman": pa.array(result.null.reshape(-1)),
@@ -486,13 +604,17 @@ def summarize(con: duckdb.DuckDBPyConnection, results: list[MethodResult],
         "label": pa.array(gz.LABEL_NAMES),
         "label_index": pa.array(np.arange(L, dtype=np.int32)),
         "question": pa.array([gz.question_of(name) for name in gz.LABEL_NAMES])}))
-    con.register("corr_values", pa.concat_tables(corr_parts))
+    corr_values = pa.concat_tables(corr_parts)
+    con.register("corr_values", corr_values)
     con.register("feature_stats", pa.concat_tables(stat_parts))
     con.register("null_samples", pa.concat_tables(null_parts))
     params = {"exclude_question": exclude_question or ""}
-    corr = con.sql("SELECT c.method, c.feature, l.label, c.spearman, c.n FROM corr_values c "
-                       "JOIN label_names l USING (label_index) ORDER BY c.method, c.feature, "
-                       "c.label_index").to_arrow_table()
+    names = pa.array(gz.LABEL_NAMES)
+    corr = pa.table({  # already in (method, feature, label) order
+        "method": corr_values.column("method"), "feature": corr_values.column("feature"),
+        "label": pa.DictionaryArray.from_arrays(
+            corr_values.column("label_index").combine_chunks(), names).cast(pa.string()),
+        "spearman": corr_values.column("spearman"), "n": corr_values.column("n")})
     summary = con.sql(query("feature_summary"), params=params).to_arrow_table()
     null = con.sql(query("label_null")).to_arrow_table()
     return {"feature_label_corr": corr, "feature_summary": summary, "label_null": null}

@@ -400,3 +400,15 @@ def test_cli_label_without_votes_is_an_error_unless_skipped(tmp_path):
     assert out.exit_code == 0, out.output
     corr = lake.read("feature_label_corr", model_id=RUN_ID, split="test").filter(label="bar_weak")
     assert (corr["spearman"] == 0).all() and (corr["n"] == 0).all()
+
+
+def test_feature_blocks_give_the_same_numbers():
+    dense, labels = random_problem(4)
+    codes = Codes.from_dense("sae", dense)
+    whole = spearman(codes, labels, permutations=3, seed=1)
+    split = spearman(codes, labels, permutations=3, seed=1, block_entries=7, threads=2)
+    assert len(analysis.feature_blocks(codes, 7)) > 3
+    for a, b in zip(whole, split):
+        assert np.abs(a - b).max() <= 1e-12
+    basis = label_basis(labels)
+    assert np.abs(novelty(codes, basis) - novelty(codes, basis, block_entries=7)).max() <= 1e-12

@@ -1,0 +1,265 @@
+"""Benchmark `analyze` against the seed's loops, on a synthetic lake of the real test-split size.
+
+    python scripts/bench_analyze.py                       # 35,000 galaxies, 2048 SAE + 64 PCA, 46 labels
+    python scripts/bench_analyze.py --scale --n 1000000   # sparse codes of 1M galaxies: time, peak memory
+
+The lake holds what the pipeline would: embeddings (train and test), long votes that follow the
+Galaxy Zoo decision tree (NULL where a question was not asked, fractions in tenths: ties), sparse
+codes of a 2,048-latent SAE with ~k non-zero codes per galaxy and power-law frequencies, and a real
+PCA (64 components) fitted on train. `analyze` runs on both models with the default 20
+permutations; the seed's loops (scipy.stats.spearmanr per feature-label pair with its NaN/std/n
+checks; one sklearn LinearRegression per feature on median-imputed labels) are timed on a random
+sample of pairs and features of the same data in the same run and scaled to the full size (one
+pass over the labels; the seed makes a second pass for its "secondary" view, not counted).
+The scale run does `analyze` in a child process and reports its peak resident memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    # one BLAS thread: multi-threaded OpenBLAS spin-waits on a busy machine (10x slower lstsq)
+    os.environ.setdefault(_var, "1")
+
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from galsae_lake import gz  # noqa: E402
+from galsae_lake.lake import Lake, vector_array  # noqa: E402
+
+GROUP_SIZES = [64, 64, 128, 256, 512, 1024]
+
+
+def sparse_codes(rng, n: int, F: int, k: int):
+    """~k distinct features per galaxy, power-law frequencies; (row, feature, activation)."""
+    p = 1.0 / np.arange(1, F + 1) ** 0.8
+    p /= p.sum()
+    draw = rng.choice(F, size=(n, int(k * 1.05)), p=p).astype(np.int32)
+    draw.sort(axis=1)
+    keep = np.ones(draw.shape, bool)
+    keep[:, 1:] = draw[:, 1:] != draw[:, :-1]
+    rows = np.nonzero(keep)[0].astype(np.int64)
+    features = draw[keep]
+    values = rng.exponential(size=len(features)).astype(np.float32)
+    return rows, features, values
+
+
+def vote_fractions(rng, n: int) -> np.ndarray:
+    """[n x 46] fractions in tenths, NaN where the question was not asked (decision tree)."""
+    out = np.full((n, len(gz.LABEL_NAMES)), np.nan)
+    column = {name: j for j, name in enumerate(gz.LABEL_NAMES)}
+    for question, answers in gz.QUESTIONS.items():
+        parent = gz.DEPENDENCIES[question]
+        asked = np.ones(n, bool) if parent is None else np.nan_to_num(out[:, column[parent]]) >= 0.3
+        p = rng.dirichlet(np.ones(len(answers)), size=int(asked.sum()))
+        counts = rng.multinomial(10, p)
+        cols = [column[f"{question}_{a}"] for a in answers]
+        out[np.ix_(np.flatnonzero(asked), cols)] = counts / 10.0
+    return out
+
+
+def votes_table(ids: np.ndarray, fractions: np.ndarray) -> pa.Table:
+    n, L = fractions.shape
+    questions = [gz.question_of(name) for name in gz.LABEL_NAMES]
+    answers = [name.rsplit("_", 1)[1] for name in gz.LABEL_NAMES]
+    flat = fractions.reshape(-1)
+    missing = np.isnan(flat)
+    return pa.table({
+        "id_str": pa.array(np.repeat(ids, L), pa.string()),
+        "question": pa.array(np.tile(questions, n)),
+        "answer": pa.array(np.tile(answers, n)),
+        "label": pa.array(np.tile(gz.LABEL_NAMES, n)),
+        "count": pa.array(np.where(missing, 0, np.nan_to_num(flat) * 10).astype(np.int32)),
+        "total": pa.array(np.where(missing, 0, 10).astype(np.int32)),
+        "fraction": pa.array(flat, mask=missing),
+    })
+
+
+def build(root: Path, n: int, n_train: int, F: int, k: int, dim: int, seed: int = 0,
+          chunk: int = 100_000) -> dict:
+    """Write the synthetic lake; returns what is needed to run the seed's loops on it."""
+    rng = np.random.default_rng(seed)
+    lake = Lake(root)
+    run_id = "sae-bench-000000"
+    keep_dense = n <= 100_000  # the seed's loops need the data in memory; not for the scale run
+    test_codes, test_fractions = [], []
+    with lake.transaction("bench-fixture", {"n": n, "features": F, "k": k}) as tx:
+        for split, size in (("train", n_train), ("test", n)):
+            emb_w = tx.writer("embeddings", {"encoder": "bench", "split": split})
+            votes_w = tx.writer("votes", {"catalog": "volunteers", "split": split})
+            codes_w = tx.writer("sae_activations", {"run_id": run_id, "split": split})
+            for start in range(0, size, chunk):
+                m = min(chunk, size - start)
+                ids = np.array([f"{split}-{i:07d}" for i in range(start, start + m)], dtype=object)
+                emb_w.write(pa.table({"id_str": pa.array(ids, pa.string()), "embedding":
+                                      vector_array(rng.normal(size=(m, dim)).astype(np.float32))}))
+                fractions = vote_fractions(rng, m)
+                votes_w.write(votes_table(ids, fractions))
+                rows, features, values = sparse_codes(rng, m, F, k)
+                codes_w.write(pa.table({"id_str": pa.array(ids[rows], pa.string()),
+                                        "feature": features, "activation": values}))
+                if split == "test" and keep_dense:
+                    test_codes.append((rows + start, features, values))
+                    test_fractions.append(fractions)
+            for w in (emb_w, votes_w, codes_w):
+                w.close()
+        tx.write("sae_runs", pa.table({
+            "run_id": [run_id], "encoder": ["bench"],
+            "config": [json.dumps({"input_dim": dim, "group_sizes": GROUP_SIZES[: _groups(F)],
+                                   "top_k": k})],
+            "checkpoint": [""], "metrics": ["{}"],
+            "created_at": pa.array([0], pa.timestamp("us", tz="UTC"))}))
+    out = {"run_id": run_id}
+    if keep_dense:
+        rows, features, values = (np.concatenate(a) for a in zip(*test_codes))
+        out.update(codes=(rows, features, values), labels=np.concatenate(test_fractions))
+    return out
+
+
+def _groups(F: int) -> int:
+    sizes = np.cumsum(GROUP_SIZES)
+    if F not in sizes:
+        raise SystemExit(f"--features must be one of {', '.join(map(str, sizes))}")
+    return int(np.flatnonzero(sizes == F)[0]) + 1
+
+
+def seed_pair_seconds(columns: np.ndarray, labels: np.ndarray, pairs: list[tuple[int, int]]) -> float:
+    """Mean seconds of the seed's per-pair body (make_figures.compute_max_correlations)."""
+    from scipy.stats import spearmanr
+    started = time.perf_counter()
+    for f, j in pairs:
+        feature_vals = columns[:, f]
+        gz_vals = labels[:, j]
+        common_mask = ~np.isnan(gz_vals)
+        if np.sum(common_mask) > 10:
+            a, b = feature_vals[common_mask], gz_vals[common_mask]
+            if np.std(a) > 0 and np.std(b) > 0:
+                corr, _ = spearmanr(a, b)
+                _ = 0 if np.isnan(corr) else abs(corr)
+    return (time.perf_counter() - started) / len(pairs)
+
+
+def seed_regression_seconds(columns: np.ndarray, labels: np.ndarray) -> float:
+    """Mean seconds of the seed's per-feature regression (compute_novelty_via_regression)."""
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LinearRegression
+    from sklearn.metrics import r2_score
+    X = SimpleImputer(strategy="median").fit_transform(labels)
+    started = time.perf_counter()
+    for f in range(columns.shape[1]):
+        y = columns[:, f]
+        reg = LinearRegression().fit(X, y)
+        _ = max(0, r2_score(y, reg.predict(X)))
+    return (time.perf_counter() - started) / columns.shape[1]
+
+
+def run_scale(args) -> None:
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        root = Path(tmp) / "lake"
+        t = time.perf_counter()
+        build(root, args.n, 1000, args.features, args.k, dim=8)
+        print(f"built lake: {args.n:,} galaxies, ~{args.n * args.k:,} codes "
+              f"in {time.perf_counter() - t:.0f} s")
+        code = ("import json,resource,sys,time;from galsae_lake.analysis import analyze;"
+                "from galsae_lake.lake import Lake;"
+                f"r=analyze(Lake({str(root)!r}),'sae-bench-000000',permutations={args.permutations},"
+                f"threads={args.threads});"
+                "print(json.dumps({'seconds':r['seconds'],"
+                "'peak_gb':resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/2**20}))")
+        env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]),
+                   OMP_NUM_THREADS=str(args.threads), OPENBLAS_NUM_THREADS=str(args.threads))
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        if out.returncode:
+            raise SystemExit(out.stderr)
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"analyze (SAE, {args.features} features, {args.permutations} permutations): "
+              f"{result['seconds']:.1f} s, peak RSS {result['peak_gb']:.2f} GB")
+
+
+def run_real(args) -> None:
+    from galsae_lake.analysis import analyze
+    from galsae_lake.pca import fit_pca
+    rng = np.random.default_rng(1)
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        root = Path(tmp) / "lake"
+        t = time.perf_counter()
+        data = build(root, args.n, args.n_train, args.features, args.k, args.dim)
+        lake = Lake(root)
+        pca_id = fit_pca(lake, "bench", n_components=args.components)
+        print(f"built lake: {args.n:,} test galaxies, {args.features} SAE features "
+              f"(~{args.k} per galaxy), PCA {args.components} in {time.perf_counter() - t:.0f} s")
+        times = {}
+        for name, model in (("sae", data["run_id"]), ("pca", pca_id)):
+            t = time.perf_counter()
+            r = analyze(lake, model, permutations=args.permutations, threads=args.threads)
+            times[name] = time.perf_counter() - t
+            print(f"analyze {name}: {times[name]:.2f} s ({r['features']} features x "
+                  f"{r['labels']} labels, {r['rows']:,} galaxies, {args.permutations} permutations)")
+        if args.sql_engine:
+            t = time.perf_counter()
+            analyze(lake, data["run_id"], permutations=0, threads=args.threads, engine="sql")
+            print(f"analyze sae, pure-SQL engine, no permutations: {time.perf_counter() - t:.2f} s")
+        total = times["sae"] + times["pca"]
+
+        # the seed's loops on samples of the same data
+        rows, features, values = data["codes"]
+        labels = data["labels"]
+        L = labels.shape[1]
+        sae_sample = rng.choice(args.features, size=args.sample_features, replace=False)
+        sae_cols = np.zeros((args.n, len(sae_sample)), np.float32)
+        for i, f in enumerate(sae_sample):
+            hit = features == f
+            sae_cols[rows[hit], i] = values[hit]
+        from galsae_lake.lake import vectors
+        scores = lake.read("pca_scores", pca_id=pca_id, split="test").sort("id_str", "component")
+        pca_cols = scores["score"].to_numpy().reshape(args.n, args.components)
+        columns = np.hstack([sae_cols, pca_cols[:, :8]])
+        pairs = [(int(rng.integers(columns.shape[1])), int(rng.integers(L)))
+                 for _ in range(args.sample_pairs)]
+        per_pair = seed_pair_seconds(columns, labels, pairs)
+        per_fit = seed_regression_seconds(columns[:, : args.sample_regressions], labels)
+        n_features = args.features + args.components
+        seed_total = per_pair * n_features * L + per_fit * n_features
+        del vectors
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        print(f"seed loop: {per_pair * 1e3:.2f} ms per pair x {n_features * L:,} pairs + "
+              f"{per_fit * 1e3:.0f} ms per regression x {n_features:,} features "
+              f"= {seed_total:.0f} s (estimated from {len(pairs)} pairs, "
+              f"{args.sample_regressions} regressions)")
+        print(f"analyze total: {total:.2f} s on {args.threads} threads; "
+              f"speed-up {seed_total / total:.0f}x; peak RSS {peak:.2f} GB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=35_000, help="test-split galaxies")
+    parser.add_argument("--n-train", type=int, default=35_000, help="train-split galaxies (PCA fit)")
+    parser.add_argument("--features", type=int, default=2048)
+    parser.add_argument("--components", type=int, default=64)
+    parser.add_argument("--k", type=int, default=64, help="non-zero codes per galaxy")
+    parser.add_argument("--dim", type=int, default=640, help="embedding dimension")
+    parser.add_argument("--permutations", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--sample-pairs", type=int, default=300)
+    parser.add_argument("--sample-features", type=int, default=24)
+    parser.add_argument("--sample-regressions", type=int, default=6)
+    parser.add_argument("--sql-engine", action="store_true", help="also time the pure-SQL engine")
+    parser.add_argument("--scale", action="store_true", help="1M-galaxy memory run (SAE only)")
+    parser.add_argument("--tmp", default=None, help="folder for the temporary lake")
+    args = parser.parse_args()
+    (run_scale if args.scale else run_real)(args)
+
+
+if __name__ == "__main__":
+    main()
