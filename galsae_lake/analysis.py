@@ -27,6 +27,7 @@ against scipy; it is the readable reference, the numpy engine the fast default.
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -224,8 +225,8 @@ def _csr(kf: np.ndarray, kr: np.ndarray, data: np.ndarray, F: int, n_cols: int):
 DENSE_SHARE = 0.1
 
 
-class _RankMatrix:
-    """[features x set rows] centred ranks, frequent features dense (BLAS), the rest CSR."""
+class _CodeMatrix:
+    """A [features x rows] matrix of code entries: frequent features dense (BLAS), the rest CSR."""
 
     def __init__(self, kf, kc, dr, F: int, n_cols: int, float32: bool):
         counts = np.bincount(kf, minlength=F)
@@ -294,7 +295,7 @@ def spearman(codes: Codes, labels: np.ndarray, permutations: int = 0, seed: int 
         for i, span in enumerate(spans):
             block = blocks[i] if blocks is not None else _Block.of(codes, *span)
             kf, kc, dr, var_f = block.ranks(mask, position)
-            A = _RankMatrix(kf, kc, dr, block.F, n_set, float32=permutations > 0)
+            A = _CodeMatrix(kf, kc, dr, block.F, n_set, float32=permutations > 0)
             del kf, kc, dr
             denominator = np.sqrt(np.outer(var_f, var_l))
             valid = denominator > 0
@@ -360,7 +361,8 @@ def novelty(codes: Codes, basis: np.ndarray, block_entries: int = BLOCK_ENTRIES)
         F = end - first
         kf = codes.feature[start:stop] - first
         value = codes.value[start:stop].astype(np.float64)
-        projected = np.asarray(_csr(kf, codes.row[start:stop], value, F, n_rows) @ basis)
+        matrix = _CodeMatrix(kf, codes.row[start:stop], value, F, n_rows, float32=False)
+        projected = matrix.times(basis)
         explained = (projected ** 2).sum(axis=1)
         counts = np.bincount(kf, minlength=F)
         mean = np.bincount(kf, weights=value, minlength=F) / n_rows
@@ -457,7 +459,9 @@ def read_codes(lake: Lake, model: Model, split: str, rows_of_split: np.ndarray, 
     del result
     frequency = np.bincount(f, minlength=model.n_features)[: model.n_features] / max(len(ids), 1)
     voted = r >= 0
-    return Codes(model.kind, model.n_features, f[voted], r[voted], v[voted], frequency)
+    if not voted.all():  # galaxies without votes count for frequency only
+        f, r, v = f[voted], r[voted], v[voted]
+    return Codes(model.kind, model.n_features, f, r, v, frequency)
 
 
 def dense_relu_activations(lake: Lake, model: Model, X: np.ndarray) -> np.ndarray:
@@ -504,7 +508,7 @@ def spearman_sql(codes: Codes, labels: np.ndarray) -> tuple[np.ndarray, np.ndarr
 def analyze(lake: Lake, model_id: str, split: str = DEFAULT_SPLIT, catalog: str = DEFAULT_CATALOG,
             exclude_question: str = gz.PRIMARY_QUESTION, permutations: int = DEFAULT_PERMUTATIONS,
             seed: int = 0, seed_variant: bool = False, skip_empty_labels: bool = False,
-            engine: str = "numpy", threads: int | None = None, memory_limit: str = "4GB",
+            engine: str = "numpy", threads: int | None = None, memory_limit: str = "2GB",
             dense_codes: Callable[[Lake, Model, np.ndarray], np.ndarray] | None = None
             ) -> dict[str, Any]:
     """Write feature_label_corr, feature_summary and label_null for (model_id, split).
@@ -523,9 +527,22 @@ def analyze(lake: Lake, model_id: str, split: str = DEFAULT_SPLIT, catalog: str 
     model = resolve_model(lake, model_id)
     if seed_variant and model.kind != "sae":
         raise InputError("--seed-variant needs an SAE run id (dense ReLU codes of its latents)")
+    spill = tempfile.TemporaryDirectory(prefix="galsae-analyze-")
     con = duckdb.connect(":memory:")
     con.execute(f"SET threads = {int(threads or os.cpu_count() or 1)}")
     con.execute("SET memory_limit = $limit", {"limit": memory_limit})
+    con.execute("SET temp_directory = $dir", {"dir": spill.name})  # sorts past the limit spill here
+    try:
+        return _analyze(lake, con, model, split, catalog, exclude_question, permutations, seed,
+                        seed_variant, skip_empty_labels, engine, threads, dense_codes, started)
+    finally:
+        con.close()
+        spill.cleanup()
+
+
+def _analyze(lake, con, model, split, catalog, exclude_question, permutations, seed,
+             seed_variant, skip_empty_labels, engine, threads, dense_codes, started):
+    model_id = model.model_id
     ids = split_ids(lake, model.encoder, split)
     all_labels = label_matrix(lake, ids, split, catalog, con)
     voted = ~np.isnan(all_labels).all(axis=1)
@@ -541,16 +558,21 @@ def analyze(lake: Lake, model_id: str, split: str = DEFAULT_SPLIT, catalog: str 
     rows_of_split[voted] = np.arange(int(voted.sum()))
     labels = all_labels[voted]
     codes = read_codes(lake, model, split, rows_of_split, ids, con)
+    timings = {"read": time.perf_counter() - started}
     threads = int(threads or os.cpu_count() or 1)
     results = [compute(codes, labels, permutations, seed, engine, threads)]
     del codes
+    timings["compute"] = time.perf_counter() - started - timings["read"]
     if seed_variant:
         X = vectors(lake.arrow("embeddings", columns=["id_str", "embedding"],
                                encoder=model.encoder, split=split))
         dense = (dense_codes or dense_relu_activations)(lake, model, X)
         relu = Codes.from_dense("sae_relu", dense[voted], frequency_rows=dense)
         results.append(compute(relu, labels, permutations, seed, engine, threads))
+    mark = time.perf_counter()
     tables = summarize(con, results, exclude_question)
+    timings["summarize"] = time.perf_counter() - mark
+    mark = time.perf_counter()
     parameters = {"model_id": model_id, "split": split, "catalog": catalog,
                   "exclude_question": exclude_question, "permutations": permutations,
                   "seed": seed, "seed_variant": seed_variant,
@@ -563,6 +585,7 @@ def analyze(lake: Lake, model_id: str, split: str = DEFAULT_SPLIT, catalog: str 
     with lake.transaction("analyze", parameters, upstream=upstream) as tx:
         for name, table in tables.items():
             tx.write(name, table, partition=partition, info=info)
+    timings["write"] = time.perf_counter() - mark
     main = results[0]
     best = float(np.abs(main.rho).max()) if main.rho.size else 0.0
     return {"model_id": model_id, "kind": model.kind, "split": split, "rows": int(voted.sum()),
@@ -570,7 +593,7 @@ def analyze(lake: Lake, model_id: str, split: str = DEFAULT_SPLIT, catalog: str 
             "max_abs_spearman": best, "median_novelty": float(np.median(main.novelty)),
             "null_q95_median": float(np.median(np.quantile(main.null, 0.95, axis=0)))
             if permutations else None,
-            "seconds": time.perf_counter() - started}
+            "seconds": time.perf_counter() - started, "timings": timings}
 
 
 def summarize(con: duckdb.DuckDBPyConnection, results: list[MethodResult],

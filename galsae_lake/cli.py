@@ -151,7 +151,7 @@ def pca(ctx: click.Context, encoder: str, n_components: int, fit_split: str) -> 
     click.echo(fit_pca(lake_of(ctx), encoder, n_components, fit_split))
 
 
-@main.command(epilog=example("galsae-lake analyze --model pca-zoobot-synth-3f9a2c --split test"))
+@main.command(epilog=example("galsae-lake analyze --model pca-zoobot-synth-50c4c7 --split test"))
 @click.option("--model", "model_id", required=True,
               help="An SAE run_id (sae-...) or a pca_id (pca-...).")
 @click.option("--split", default="test", show_default=True, help="Split to analyze.")

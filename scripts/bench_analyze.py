@@ -199,13 +199,16 @@ def run_real(args) -> None:
         pca_id = fit_pca(lake, "bench", n_components=args.components)
         print(f"built lake: {args.n:,} test galaxies, {args.features} SAE features "
               f"(~{args.k} per galaxy), PCA {args.components} in {time.perf_counter() - t:.0f} s")
-        times = {}
+        times, cpu = {}, {}
         for name, model in (("sae", data["run_id"]), ("pca", pca_id)):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             r = analyze(lake, model, permutations=args.permutations, threads=args.threads)
             times[name] = time.perf_counter() - t
+            cpu[name] = time.process_time() - c
+            phases = ", ".join(f"{k} {v:.2f}" for k, v in r["timings"].items())
             print(f"analyze {name}: {times[name]:.2f} s ({r['features']} features x "
-                  f"{r['labels']} labels, {r['rows']:,} galaxies, {args.permutations} permutations)")
+                  f"{r['labels']} labels, {r['rows']:,} galaxies, {args.permutations} permutations;"
+                  f" {phases})")
         if args.sql_engine:
             t = time.perf_counter()
             analyze(lake, data["run_id"], permutations=0, threads=args.threads, engine="sql")
@@ -227,18 +230,29 @@ def run_real(args) -> None:
         columns = np.hstack([sae_cols, pca_cols[:, :8]])
         pairs = [(int(rng.integers(columns.shape[1])), int(rng.integers(L)))
                  for _ in range(args.sample_pairs)]
+        c = time.process_time()
         per_pair = seed_pair_seconds(columns, labels, pairs)
+        pair_cpu = (time.process_time() - c) / len(pairs)
+        c = time.process_time()
         per_fit = seed_regression_seconds(columns[:, : args.sample_regressions], labels)
+        fit_cpu = (time.process_time() - c) / args.sample_regressions
         n_features = args.features + args.components
         seed_total = per_pair * n_features * L + per_fit * n_features
+        seed_cpu = pair_cpu * n_features * L + fit_cpu * n_features
+        secondary = per_pair * n_features * (L - len(gz.QUESTIONS[gz.PRIMARY_QUESTION]))
         del vectors
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         print(f"seed loop: {per_pair * 1e3:.2f} ms per pair x {n_features * L:,} pairs + "
               f"{per_fit * 1e3:.0f} ms per regression x {n_features:,} features "
               f"= {seed_total:.0f} s (estimated from {len(pairs)} pairs, "
               f"{args.sample_regressions} regressions)")
-        print(f"analyze total: {total:.2f} s on {args.threads} threads; "
-              f"speed-up {seed_total / total:.0f}x; peak RSS {peak:.2f} GB")
+        total_cpu = cpu["sae"] + cpu["pca"]
+        print(f"analyze total: {total:.2f} s wall on {args.threads} threads "
+              f"({total_cpu:.2f} s CPU, all threads); peak RSS {peak:.2f} GB")
+        print(f"speed-up, wall clock: {seed_total / total:.0f}x; CPU time: "
+              f"{seed_cpu / total_cpu:.0f}x (seed CPU {seed_cpu:.0f} s); counting the seed's "
+              f"second pass for its secondary view too: {(seed_total + secondary) / total:.0f}x")
+        print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
 
 def main() -> None:
