@@ -198,20 +198,26 @@ class _Block:
             twice -= 2 * kept_before[self.feature_start[idx]]
             del kept_before
             kf, kv, rows = self.feature[idx], self.value[idx], self.row[idx]
-        twice += 1
         nnz = np.bincount(kf, minlength=F)
         zeros = n_set - nnz
         if self.negatives:
+            twice += 1
             negative = np.bincount(kf[kv < 0], minlength=F)
             twice += np.where(kv > 0, 2 * zeros[kf], 0).astype(twice.dtype)
-        else:  # every code is positive: all rank above the zero block
-            negative = np.zeros(F, np.int64)
-            twice += (2 * zeros)[kf].astype(twice.dtype)
-        twice_zero = 2 * negative + zeros + 1
-        centred = (twice - (n_set + 1)).astype(np.float64)
-        var_f = (np.bincount(kf, weights=centred * centred, minlength=F)
-                 + zeros * (twice_zero - (n_set + 1)).astype(np.float64) ** 2) / 4.0
-        dr = (twice - twice_zero[kf]) * 0.5
+            twice_zero = 2 * negative + zeros + 1
+            centred = (twice - (n_set + 1)).astype(np.float64)
+            var_f = (np.bincount(kf, weights=centred * centred, minlength=F)
+                     + zeros * (twice_zero - (n_set + 1)).astype(np.float64) ** 2) / 4.0
+            dr = (twice - twice_zero[kf]) * 0.5
+        else:  # all codes positive (SAE): every entry ranks above the zero block (2 z + 1 higher)
+            zk = zeros.astype(twice.dtype)[kf]
+            twice += zk           # twice the rank minus twice the zero block's rank, minus 1 + z
+            dr = twice * 0.5      # (rank - zero_rank): the zero block sits at (z + 1) / 2
+            twice += zk
+            twice -= n_set        # twice the centred rank: 2 * (rank - (n + 1) / 2)
+            centred = twice.astype(np.float64)
+            var_f = (np.bincount(kf, weights=centred * centred, minlength=F)
+                     + zeros * (zeros - n_set).astype(np.float64) ** 2) / 4.0
         return kf, position[rows], dr, var_f
 
 
@@ -232,24 +238,27 @@ class _CodeMatrix:
         counts = np.bincount(kf, minlength=F)
         self.F = F
         self.dense_features = np.flatnonzero(counts > DENSE_SHARE * n_cols)
-        is_dense = np.zeros(F, bool)
-        is_dense[self.dense_features] = True
-        local = np.full(F, -1)
-        local[self.dense_features] = np.arange(len(self.dense_features))
-        in_dense = is_dense[kf]
         self.dense = np.zeros((len(self.dense_features), n_cols))
-        self.dense[local[kf[in_dense]], kc[in_dense]] = dr[in_dense]
-        keep = ~in_dense
+        if len(self.dense_features):
+            local = np.full(F, -1)
+            local[self.dense_features] = np.arange(len(self.dense_features))
+            slot = local[kf]
+            in_dense = slot >= 0
+            self.dense.reshape(-1)[slot[in_dense] * n_cols + kc[in_dense]] = dr[in_dense]
+            keep = ~in_dense
+            kc, dr = kc[keep], dr[keep]
+            counts[self.dense_features] = 0
+        indptr = np.concatenate(([0], np.cumsum(counts)))
         # built directly in each precision: .astype() would sort the indices first, needlessly
-        self.sparse = _csr(kf[keep], kc[keep], dr[keep], F, n_cols)
+        self.sparse = scipy.sparse.csr_matrix((dr, kc, indptr), shape=(F, n_cols))
         self.dense32 = self.dense.astype(np.float32) if float32 else None
-        self.sparse32 = _csr(kf[keep], kc[keep], dr[keep].astype(np.float32), F, n_cols) \
-            if float32 else None
+        self.sparse32 = scipy.sparse.csr_matrix((dr.astype(np.float32), kc, indptr),
+                                                shape=(F, n_cols)) if float32 else None
 
     def times(self, X: np.ndarray, float32: bool = False) -> np.ndarray:
-        """self @ X as float64 [F x columns]."""
+        """self @ X [F x columns]: float64, or float32 (for the null) with ``float32``."""
         sparse, dense = (self.sparse32, self.dense32) if float32 else (self.sparse, self.dense)
-        out = np.asarray(sparse @ X, np.float64)
+        out = np.asarray(sparse @ X)
         if len(self.dense_features):
             out[self.dense_features] += dense @ X
         return out
@@ -307,12 +316,16 @@ def spearman(codes: Codes, labels: np.ndarray, permutations: int = 0, seed: int 
                 return np.clip(out, -1.0, 1.0)
 
             rho[block.first:block.first + block.F, cols] = correlate(A.times(ranks))[:, 0, :]
+            inverse = np.where(valid, 1.0 / safe, 0.0).astype(np.float32)  # 0: rho is 0 there
             for p0 in range(0, permutations, per_call):
                 batch = shuffles[p0:p0 + per_call]
                 shuffled = np.hstack([ranks32[perm] for perm in batch])
-                best = np.abs(correlate(A.times(shuffled, float32=True))).max(axis=0)
+                scaled = A.times(shuffled, float32=True).reshape(len(var_f), len(batch), width)
+                np.abs(scaled, out=scaled)
+                scaled *= inverse[:, None, :]
+                best = np.minimum(scaled.max(axis=0), 1.0)
                 part = set_null[p0:p0 + len(batch)]
-                np.maximum(part, best.reshape(len(batch), width), out=part)
+                np.maximum(part, best, out=part)
         null[:, cols] = set_null
 
     # the biggest sets first, so that two threads finish together
@@ -431,9 +444,10 @@ def label_matrix(lake: Lake, ids: np.ndarray, split: str, catalog: str,
         "label_index": pa.array(np.arange(len(gz.LABEL_NAMES), dtype=np.int32))}))
     con.execute(f"CREATE OR REPLACE TEMP VIEW votes_source AS SELECT * FROM "
                 f"{lake.duckdb_source('votes', catalog=catalog, split=split)}")
-    long = con.execute(query("label_values")).fetchnumpy()
+    long = con.sql(query("label_values")).to_arrow_table()  # (fetchnumpy would import pandas)
     matrix = np.full((len(ids), len(gz.LABEL_NAMES)), np.nan)
-    matrix[long["row"], long["label_index"]] = long["fraction"]
+    matrix[long.column("row").to_numpy(), long.column("label_index").to_numpy()] = \
+        long.column("fraction").to_numpy()
     return matrix
 
 
@@ -498,9 +512,10 @@ def spearman_sql(codes: Codes, labels: np.ndarray) -> tuple[np.ndarray, np.ndarr
                                      "value": labels[rows, cols]}))
     con.register("features", pa.table({"method": pa.array([codes.method] * codes.n_features),
                                        "feature": np.arange(codes.n_features, dtype=np.int32)}))
-    out = con.execute(query("feature_label_corr"), {"min_rows": MIN_ROWS}).fetchnumpy()
+    out = con.sql(query("feature_label_corr"), params={"min_rows": MIN_ROWS}).to_arrow_table()
     rho = np.zeros((codes.n_features, labels.shape[1]))
-    rho[out["feature"], out["label"]] = out["spearman"]
+    rho[out.column("feature").to_numpy(), out.column("label").to_numpy()] = \
+        out.column("spearman").to_numpy()
     n = (~np.isnan(labels)).sum(axis=0).astype(np.int64)
     return rho, n
 
