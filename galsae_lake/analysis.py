@@ -200,7 +200,12 @@ class _Block:
             kf, kv, rows = self.feature[idx], self.value[idx], self.row[idx]
         nnz = np.bincount(kf, minlength=F)
         zeros = n_set - nnz
-        if self.negatives:
+        if self.negatives and not zeros.any():  # dense codes (PCA): no zero block at all
+            twice -= n_set        # twice the centred rank
+            centred = twice.astype(np.float64)
+            var_f = np.bincount(kf, weights=centred * centred, minlength=F) / 4.0
+            dr = centred * 0.5    # any constant shift works: centred label ranks sum to 0
+        elif self.negatives:
             twice += 1
             negative = np.bincount(kf[kv < 0], minlength=F)
             twice += np.where(kv > 0, 2 * zeros[kf], 0).astype(twice.dtype)
@@ -239,7 +244,11 @@ class _CodeMatrix:
         self.F = F
         self.dense_features = np.flatnonzero(counts > DENSE_SHARE * n_cols)
         self.dense = np.zeros((len(self.dense_features), n_cols))
-        if len(self.dense_features):
+        if len(self.dense_features) == F:  # every feature dense (PCA): no CSR part
+            self.dense.reshape(-1)[kf.astype(np.int64) * n_cols + kc] = dr
+            kc, dr = kc[:0], dr[:0]
+            counts[:] = 0
+        elif len(self.dense_features):
             local = np.full(F, -1)
             local[self.dense_features] = np.arange(len(self.dense_features))
             slot = local[kf]
