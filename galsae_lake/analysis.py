@@ -489,12 +489,18 @@ def read_codes(lake: Lake, model: Model, split: str, rows_of_split: np.ndarray, 
 
 def dense_relu_activations(lake: Lake, model: Model, X: np.ndarray) -> np.ndarray:
     """The seed's dense ReLU codes of embeddings ``X`` under SAE ``model`` [rows x features]."""
-    from galsae_lake import sae  # imported here: torch is only needed for this option
-    if hasattr(sae, "load_sae"):
-        network = sae.load_sae(lake, model.model_id)
+    try:  # imported here: torch is only needed for this option
+        from galsae_lake import sae
+    except ImportError as exc:
+        raise InputError(f"--seed-variant needs the SAE module (galsae_lake.sae): {exc}") from None
+    try:
+        from galsae_lake.train import load_sae
+    except ImportError:
+        load_sae = getattr(sae, "load_sae", None)
+    if load_sae is not None:
+        network = load_sae(lake, model.model_id)
     else:
-        network = sae.MatryoshkaSAE.load(model.info.get("checkpoint")
-                                         or lake.model_dir("sae", model.model_id))
+        network = sae.MatryoshkaSAE.load(lake.model_dir("sae", model.model_id))
     return sae.encode_embeddings(network, X, dense=True)
 
 

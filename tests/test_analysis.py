@@ -412,3 +412,21 @@ def test_feature_blocks_give_the_same_numbers():
         assert np.abs(a - b).max() <= 1e-12
     basis = label_basis(labels)
     assert np.abs(novelty(codes, basis) - novelty(codes, basis, block_entries=7)).max() <= 1e-12
+
+
+def test_seed_variant_with_a_stand_in_checkpoint(tmp_path):
+    sae = pytest.importorskip("galsae_lake.sae")
+    import torch
+    lake = build_lake(tmp_path / "lake")
+    torch.manual_seed(0)
+    model = sae.MatryoshkaSAE(sae.SAEConfig(input_dim=6, group_sizes=[4, 8], top_k=3))
+    with lake.transaction("stand-in", {}) as tx:
+        model.save(tx.stage_dir("sae", RUN_ID))
+    analysis.analyze(lake, RUN_ID, permutations=0, seed_variant=True)
+    test = lake.arrow("embeddings", encoder=ENCODER, split="test")
+    from galsae_lake.lake import vectors
+    relu = sae.encode_embeddings(model, vectors(test), dense=True)
+    labels = lake_labels(lake, test.column("id_str").to_pylist(), "test")
+    corr = lake.read("feature_label_corr", model_id=RUN_ID, split="test").filter(method="sae_relu")
+    got = corr.sort("feature")["spearman"].to_numpy().reshape(12, 46)
+    assert np.abs(got - seed_spearman(relu.astype(np.float64), labels)).max() <= 1e-6
