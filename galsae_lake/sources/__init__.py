@@ -117,7 +117,7 @@ def votes_long(frame: pl.DataFrame, id_column: str = "id_str") -> pl.DataFrame:
         if not present:
             continue
         total_col = columns.get(f"{question}__total", {}).get("total")
-        count_cols = [columns[gz.label_name(question, a)].get("count") for a in answers]
+        count_cols = [columns.get(gz.label_name(question, a), {}).get("count") for a in answers]
         if total_col is not None:
             total = _as_float(frame, total_col)
         elif all(c is not None for c in count_cols):

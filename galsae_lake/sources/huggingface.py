@@ -147,7 +147,7 @@ def ingest_hf(lake, dataset: str = "mwalmsley/gz_euclid", config: str | None = N
             batches = data.iter(batch_size=batch_size)
             if progress:
                 from tqdm import tqdm
-                batches = tqdm(batches, desc=f"ingest {split}", unit="batch", leave=False)
+                batches = tqdm(batches, desc=f"ingest {split}", unit="batch", leave=False, disable=None)
             for batch in batches:
                 frame = _frame(batch, wanted)
                 if frame.height == 0:

@@ -111,7 +111,7 @@ def draw_population(n: int, image_size: int = BASE_SIZE, seed: int = 0) -> dict[
     s = image_size / BASE_SIZE
     u = rng.random
     p: dict[str, np.ndarray] = {}
-    kind = rng.choice(4, size=n, p=[0.40, 0.40, 0.15, 0.05])
+    kind = rng.choice(4, size=n, p=[0.39, 0.40, 0.15, 0.06])
     p["kind"] = kind
     smooth, disk, edge, star = (kind == SMOOTH), (kind == DISK), (kind == EDGE_ON), (kind == STAR)
     galaxy = ~star
@@ -134,6 +134,11 @@ def draw_population(n: int, image_size: int = BASE_SIZE, seed: int = 0) -> dict[
     q_disk = rng.uniform(0.3, 1.0, n)
     q_edge = rng.uniform(0.14, 0.26, n)
     p["axis_ratio"] = np.select([smooth, disk, edge], [q_smooth, q_disk, q_edge], 1.0)
+    p["dust_lane"] = (edge & (u(n) < 0.5)).astype(float)
+    # lanes show in large disks a little thicker than the PSF (not quite edge-on)
+    p["axis_ratio"] = np.where(p["dust_lane"] > 0, rng.uniform(0.24, 0.34, n), p["axis_ratio"])
+    p["radius"] = np.where(p["dust_lane"] > 0, rng.uniform(7.0, 10.0, n) * s, p["radius"])
+    p["flux"] = np.where(p["dust_lane"] > 0, rng.uniform(8000, 20000, n) * s * s, p["flux"])
 
     # bulges
     bt_disk = np.where(u(n) < 0.12, 0.0, rng.uniform(0.04, 0.5, n))
@@ -173,9 +178,6 @@ def draw_population(n: int, image_size: int = BASE_SIZE, seed: int = 0) -> dict[
     p["clump_rho"] = rng.uniform(0.3, 1.8, (n, MAX_CLUMPS)) * p["radius"][:, None]
     p["clump_phi"] = rng.uniform(0, 2 * np.pi, (n, MAX_CLUMPS))
     p["clump_flux"] = rng.uniform(0.05, 0.1, (n, MAX_CLUMPS))
-    p["dust_lane"] = (edge & (u(n) < 0.5)).astype(float)
-    # lanes show where the disk is a little thicker than the PSF: not quite edge-on
-    p["axis_ratio"] = np.where(p["dust_lane"] > 0, rng.uniform(0.22, 0.32, n), p["axis_ratio"])
     p["dust_tau"] = rng.uniform(0.9, 0.99, n)
     p["dust_offset"] = rng.uniform(-0.2, 0.2, n) * p["radius"] * p["axis_ratio"]
 
@@ -195,10 +197,11 @@ def draw_population(n: int, image_size: int = BASE_SIZE, seed: int = 0) -> dict[
     p["tail_flux"] = np.where(p["disturbance"] == 2, rng.uniform(0.12, 0.2, n), rng.uniform(0.06, 0.1, n))
     lens = smooth & (u(n) < 0.16)
     p["lens_arc"] = lens.astype(float)
-    p["arc_radius"] = np.minimum(rng.uniform(1.5, 2.3, n) * p["radius"], 0.36 * image_size)
+    # outside the lens galaxy's bright core, inside the cutout
+    p["arc_radius"] = np.clip(rng.uniform(1.5, 2.3, n) * p["radius"], 9.0 * s, 0.36 * image_size)
     p["arc_angle"] = u(n) * 2 * np.pi
     p["arc_span"] = rng.uniform(0.45, 0.9, n)
-    p["arc_flux"] = rng.uniform(0.12, 0.25, n)
+    p["arc_flux"] = rng.uniform(0.2, 0.35, n)
 
     # contaminants and the central star
     p["star_flux"] = np.exp(rng.uniform(np.log(4000), np.log(60000), n)) * s * s
@@ -218,11 +221,11 @@ def draw_population(n: int, image_size: int = BASE_SIZE, seed: int = 0) -> dict[
     p["trail_amp"] = rng.uniform(4.0, 14.0, n)
     p["trail_band"] = rng.integers(0, 2, n)  # 0 VIS, 1 Y: bands are separate exposures
     p["cosmic_rays"] = np.where(u(n) < 0.15, rng.integers(1, MAX_RAYS + 1, n), 0).astype(float)
-    p["ray_x"] = rng.uniform(0.05, 0.95, (n, MAX_RAYS)) * image_size
-    p["ray_y"] = rng.uniform(0.05, 0.95, (n, MAX_RAYS)) * image_size
-    p["ray_len"] = rng.uniform(2.0, 7.0, (n, MAX_RAYS)) * s
+    p["ray_x"] = rng.uniform(-0.45, 0.45, (n, MAX_RAYS)) * image_size
+    p["ray_y"] = rng.uniform(-0.45, 0.45, (n, MAX_RAYS)) * image_size
+    p["ray_len"] = rng.uniform(3.0, 8.0, (n, MAX_RAYS)) * s
     p["ray_angle"] = rng.uniform(0, np.pi, (n, MAX_RAYS))
-    p["ray_amp"] = rng.uniform(60.0, 250.0, (n, MAX_RAYS))
+    p["ray_amp"] = rng.uniform(100.0, 400.0, (n, MAX_RAYS))
 
     # observing conditions
     p["psf_fwhm"] = rng.uniform(1.3, 1.8, n) * s
@@ -416,7 +419,7 @@ def render(pop: dict[str, np.ndarray], index: np.ndarray, image_size: int = BASE
         # dust lanes absorb light along the midplane of edge-on disks
         du = np.flatnonzero(g["dust_lane"] > 0)
         if len(du):
-            lane = np.exp(-0.5 * ((v[du] - _col(g["dust_offset"][du])) / (0.7 * s)) ** 2) \
+            lane = np.exp(-0.5 * ((v[du] - _col(g["dust_offset"][du])) / (0.85 * s)) ** 2) \
                 * np.exp(-0.5 * (u[du] / (2.5 * _col(g["radius"][du]))) ** 2)
             tau = _col(g["dust_tau"][du])
             vis[gal[du]] *= 1 - tau * lane
@@ -695,7 +698,7 @@ def make_ids(n: int, seed: int = 0) -> tuple[list[str], np.ndarray, np.ndarray]:
 
 # ---------------------------------------------------------------- the lake
 def synthesize(lake, n: int, image_size: int = BASE_SIZE, seed: int = 0, test_fraction: float = 0.2,
-               batch_size: int = 512, progress: bool = False) -> dict[str, Any]:
+               batch_size: int = 256, progress: bool = False) -> dict[str, Any]:
     """Fill ``galaxies``, ``images``, ``votes`` (catalog volunteers) and ``truth`` with ``n``
     synthetic galaxies, in one transaction. Returns a summary: counts per split and the ids of
     the partitions written."""
@@ -719,7 +722,7 @@ def synthesize(lake, n: int, image_size: int = BASE_SIZE, seed: int = 0, test_fr
         starts = range(0, n, batch_size)
         if progress:
             from tqdm import tqdm
-            starts = tqdm(starts, desc="render", unit="batch", leave=False)
+            starts = tqdm(starts, desc="render", unit="batch", leave=False, disable=None)
         for start in starts:
             index = np.arange(start, min(start + batch_size, n))
             pngs = np.array(render_png(pop, index, image_size, seed), dtype=object)
