@@ -410,3 +410,19 @@ def test_help_examples_name_real_options():
     for command in (["synth"], ["ingest", "hf"], ["ingest", "votes"]):
         result = CliRunner().invoke(main, [*command, "--help"])
         assert result.exit_code == 0 and "Example:" in result.output
+
+
+def test_ingest_hf_reads_a_save_to_disk_folder(tmp_path):
+    import datasets
+
+    ids = ["1_NEG2", "3_4", "5_NEG6"]
+    rows = {"id_str": ids, "image": [Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)) for i in range(3)],
+            "bar-euclid_strong_fraction": [0.5, 0.0, float("nan")], "bar-euclid_no_fraction": [0.5, 1.0, float("nan")]}
+    folder = tmp_path / "saved"
+    datasets.DatasetDict({"test": datasets.Dataset.from_dict(rows)}).save_to_disk(str(folder))
+    lake = Lake(tmp_path / "lake")
+    assert ingest_hf(lake, str(folder), splits=("test",))["splits"] == {"test": 3}
+    images = lake.read("images")
+    assert images.height == 3
+    assert Image.open(io.BytesIO(images["image"][2])).getpixel((0, 0)) == (80, 80, 80)
+    assert lake.read("votes")["fraction"].null_count() == 2
