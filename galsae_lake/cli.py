@@ -188,7 +188,10 @@ def ingest_hf_command(ctx: click.Context, dataset: str, config: str | None, spli
 
 
 @ingest.command("votes", epilog=example(
-    "galsae-lake ingest votes votes.parquet --catalog zoobot-q1 --split test"))
+    "galsae-lake synth --n 200\n"
+    "  galsae-lake sql \"SELECT id_str, any_value(fraction) FILTER (label = 'bar_strong') AS "
+    "bar_strong_fraction FROM votes GROUP BY id_str\" --format parquet -o bars.parquet\n"
+    "  galsae-lake ingest votes bars.parquet --catalog bars"))
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--catalog", default="volunteers", show_default=True, help="votes catalog to write.")
 @click.option("--id-column", default="id_str", show_default=True)
