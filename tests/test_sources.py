@@ -426,3 +426,11 @@ def test_ingest_hf_reads_a_save_to_disk_folder(tmp_path):
     assert images.height == 3
     assert Image.open(io.BytesIO(images["image"][2])).getpixel((0, 0)) == (80, 80, 80)
     assert lake.read("votes")["fraction"].null_count() == 2
+
+
+def test_a_cutout_does_not_depend_on_its_batch():
+    pop = sy.draw_population(12, seed=2)
+    whole = sy.render(pop, np.arange(12), 64, seed=2)
+    alone = sy.render(pop, np.array([7]), 64, seed=2)
+    assert np.array_equal(whole[7], alone[0])
+    assert not np.array_equal(whole[7], sy.render(pop, np.array([7]), 64, seed=3)[0])

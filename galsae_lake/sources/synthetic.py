@@ -288,13 +288,13 @@ def render(pop: dict[str, np.ndarray], index: np.ndarray, image_size: int = BASE
            seed: int = 0) -> np.ndarray:
     """Paint galaxies ``index`` of ``pop`` as ``uint8 [b, size, size, 3]`` RGB cutouts.
 
-    The noise is drawn from ``seed`` and the first index, so a batch renders the same every time.
+    Each galaxy's noise comes from ``seed`` and its index, so a cutout is the same whatever
+    batch renders it.
     """
     index = np.asarray(index)
     b, S = len(index), image_size
     s = S / BASE_SIZE
     P = {k: v[index] for k, v in pop.items()}
-    rng = np.random.default_rng([seed, 2, int(index[0]) if b else 0, b])
     X, Y = _grid(S)
     vis = np.zeros((b, S, S), np.float32)
     nir = np.zeros((b, S, S), np.float32)
@@ -476,7 +476,9 @@ def render(pop: dict[str, np.ndarray], index: np.ndarray, image_size: int = BASE
         vis[on] += seg * _col(P["ray_amp"][on, k])
 
     # sky noise (unit sigma per band) and shot noise
-    noise = rng.standard_normal((2, b, S, S), dtype=np.float32)
+    # one noise stream per galaxy: a cutout does not depend on the batch it was rendered in
+    noise = np.stack([np.random.default_rng([seed, 2, int(i)]).standard_normal((2, S, S), dtype=np.float32)
+                      for i in index], axis=1) if b else np.zeros((2, 0, S, S), np.float32)
     vis = vis + noise[0] * np.sqrt(1.0 + 0.02 * np.maximum(vis, 0))
     nir = nir + noise[1] * np.sqrt(1.0 + 0.02 * np.maximum(nir, 0))
     return _stretch(vis, nir)
