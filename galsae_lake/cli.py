@@ -159,7 +159,7 @@ def synth(ctx: click.Context, n: int, image_size: int, seed: int, test_fraction:
                f"votes[catalog=volunteers], truth")
 
 
-@main.group(cls=Group)
+@main.group(cls=Group, epilog=example("galsae-lake ingest votes --help"))
 def ingest():
     """Bring galaxies, votes or embeddings from outside into the lake."""
 
