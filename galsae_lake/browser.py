@@ -106,15 +106,15 @@ header h1 { margin: 0; font-size: 18px; } header p { margin: 2px 0 0; font-size:
 #filters input { width: 110px; padding: 3px 5px; font: inherit; }
 #filters input[type=text] { width: 200px; }
 #count { margin-left: auto; font-size: 12px; color: #555; }
-main { display: grid; grid-template-columns: minmax(520px, 46%) 1fr; height: calc(100vh - 112px); }
+main { display: grid; grid-template-columns: minmax(560px, 50%) 1fr; height: calc(100vh - 112px); }
 #list { overflow: auto; border-right: 1px solid #ddd; }
-table { border-collapse: collapse; width: 100%; font-size: 13px; }
+table { border-collapse: collapse; width: 100%; font-size: 12.5px; }
 th { position: sticky; top: 0; background: #fff; border-bottom: 2px solid #bbb; text-align: right;
-  padding: 5px 6px; cursor: pointer; user-select: none; white-space: nowrap; }
+  padding: 5px 5px; cursor: pointer; user-select: none; white-space: nowrap; }
 th.txt, td.txt { text-align: left; }
 th.sorted::after { content: " ▼"; font-size: 10px; } th.sorted.asc::after { content: " ▲"; }
-td { padding: 3px 6px; border-bottom: 1px solid #eee; text-align: right; white-space: nowrap; }
-td.txt { max-width: 230px; overflow: hidden; text-overflow: ellipsis; }
+td { padding: 3px 5px; border-bottom: 1px solid #eee; text-align: right; white-space: nowrap; }
+td.txt { max-width: 140px; overflow: hidden; text-overflow: ellipsis; }
 tr.feature-row { cursor: pointer; } tr.feature-row:hover { background: #fff3f2; }
 tr.selected { background: #ffe1de !important; }
 #detail { overflow: auto; padding: 12px 18px; }
@@ -125,7 +125,7 @@ figure { margin: 0; text-align: center; font-size: 11px; color: #333; }
 figure img { width: 72px; height: 72px; image-rendering: auto; display: block; border-radius: 3px; }
 .empty { color: #777; font-style: italic; }
 h3 { font-size: 15px; margin: 14px 0 6px; }
-.corr-row { display: grid; grid-template-columns: 260px 1fr 56px; align-items: center; gap: 8px;
+.corr-row { display: grid; grid-template-columns: 230px 1fr 52px; align-items: center; gap: 8px;
   font-size: 12px; padding: 1px 0; }
 .corr-row .name { overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
 .corr-row.secondary-excluded .name { color: #888; font-style: italic; }
@@ -156,16 +156,16 @@ const D = JSON.parse(document.getElementById("data").textContent);
 const isPCA = D.kind === "pca";
 const noun = isPCA ? "PCA component" : "SAE feature";
 const COLS = [
-  {key: "f", label: isPCA ? "Component" : "Feature", fmt: v => v},
-  {key: "rank", label: "Freq. rank", fmt: v => v},
-  {key: "freq", label: "Frequency", fmt: v => v == null ? "" : (100 * v).toFixed(2) + "%"},
-  {key: "rho", label: "Max |ρ|", fmt: fix3},
-  {key: "lab", label: "Best label", txt: true, fmt: v => v || ""},
-  {key: "rho2", label: "Max |ρ| (no s-or-f)", fmt: fix3},
-  {key: "lab2", label: "Best label (no s-or-f)", txt: true, fmt: v => v || ""},
-  {key: "nov", label: "Novelty", fmt: fix3},
+  {key: "f", label: isPCA ? "Comp." : "Feature", tip: isPCA ? "PCA component" : "SAE latent index", fmt: v => v},
+  {key: "rank", label: "Rank", tip: "rank by activation frequency (1 = most frequent)", fmt: v => v},
+  {key: "freq", label: "Freq.", tip: "share of galaxies where the feature is active", fmt: v => v == null ? "" : (100 * v).toFixed(2) + "%"},
+  {key: "rho", label: "Max |ρ|", tip: "largest |Spearman ρ| with any Galaxy Zoo label", fmt: fix3},
+  {key: "lab", label: "Best label", tip: "the label of the largest |ρ|", txt: true, fmt: v => v || ""},
+  {key: "rho2", label: "Max |ρ|*", tip: "* without the smooth-or-featured question", fmt: fix3},
+  {key: "lab2", label: "Best label*", tip: "* without the smooth-or-featured question", txt: true, fmt: v => v || ""},
+  {key: "nov", label: "Novelty", tip: "1 − R² of the feature from all labels", fmt: fix3},
 ];
-if (D.features.some(f => f.grp != null)) COLS.push({key: "grp", label: "Group", fmt: v => v == null ? "" : v});
+if (D.features.some(f => f.grp != null)) COLS.push({key: "grp", label: "Group", tip: "Matryoshka group", fmt: v => v == null ? "" : v});
 function fix3(v) { return v == null ? "" : v.toFixed(3); }
 function esc(s) { return String(s).replace(/[&<>"]/g, c => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}[c])); }
 let sortKey = isPCA ? "f" : "rank", sortAsc = true, selected = null, shown = [];
@@ -174,7 +174,7 @@ document.getElementById("subtitle").textContent = D.describe + " · " + D.featur
   + D.labels.length + " labels" + (D.null ? " · permutation null available" : "")
   + " · galleries for the " + (isPCA ? "first " : "") + D.galleryTop + (isPCA ? " components" : " most frequent features");
 const head = document.getElementById("head");
-head.innerHTML = COLS.map(c => `<th data-key="${c.key}" class="${c.txt ? "txt" : ""}">${esc(c.label)}</th>`).join("");
+head.innerHTML = COLS.map(c => `<th data-key="${c.key}" class="${c.txt ? "txt" : ""}" title="${esc(c.tip)}">${esc(c.label)}</th>`).join("");
 head.addEventListener("click", e => {
   const th = e.target.closest("th"); if (!th) return;
   const key = th.dataset.key;

@@ -60,8 +60,9 @@ PCA_RUNS_TABLE = "pca_runs"
 SAE_COLOR = "#ff6361"
 PCA_COLOR = "#003f5c"
 NULL_COLOR = "#6b6b6b"
-#: the seed's ramp for frequency-rank groups, light (frequent) to dark (rare)
-GROUP_COLORS = ("#ed5c5a", "#da5453", "#c54c4b", "#ad4341", "#903836", "#692828", "#4a1c1c")
+#: frequency-rank groups, light (frequent) to dark (rare); wider than the seed's ramp, which
+#: could not be told apart in print
+GROUP_COLORS = ("#fdae6b", "#fd8d3c", "#f16913", "#d94801", "#a63603", "#7f2704", "#4d1802")
 FONT = "DejaVu Sans, Helvetica, Arial, sans-serif"
 THEME = "galsae"
 #: the seed's comparisons use the first 64 PCA components and the 64 most frequent SAE features
@@ -389,13 +390,13 @@ def distribution_chart(values: pl.DataFrame, *, title: str, subtitle: Sequence[s
     order = list(dict.fromkeys(values["series"].to_list()))
     domain, colors, dashes = _series_scale(order)
     color = alt.Color("series:N", scale=alt.Scale(domain=domain, range=colors),
-                      legend=alt.Legend(title=None, orient="top-right", direction="vertical",
-                                        fillColor="white"), sort=order)
+                      legend=alt.Legend(title=None, orient="right", direction="vertical",
+                                        symbolType="stroke", symbolSize=400), sort=order)
     dash = alt.StrokeDash("series:N", scale=alt.Scale(domain=domain, range=dashes), legend=None,
                           sort=order)
     x_scale = alt.Scale(domain=[0, 1], nice=False)
     curves = kde_curves(values)
-    density = alt.Chart(curves, height=260).mark_line(clip=True).encode(
+    density = alt.Chart(curves, width=520, height=260).mark_line(clip=True).encode(
         x=alt.X("x:Q", scale=x_scale, title=None, axis=alt.Axis(labels=False, ticks=False)),
         y=alt.Y("density:Q", title="Density"),
         color=color, strokeDash=dash, detail="series:N",
@@ -412,7 +413,7 @@ def distribution_chart(values: pl.DataFrame, *, title: str, subtitle: Sequence[s
             x=alt.X("x:Q", scale=x_scale), y=alt.value(0), text="text:N")
         layers += [rule, text]
     top = alt.layer(*layers)
-    rug = alt.Chart(values, height=max(14 * len(order), 14)).mark_tick(
+    rug = alt.Chart(values, width=520, height=max(14 * len(order), 14)).mark_tick(
         thickness=1, opacity=0.7, size=10).encode(
         x=alt.X("value:Q", scale=x_scale, title=x_title),
         y=alt.Y("series:N", sort=order, title=None, axis=alt.Axis(labels=False, ticks=False,
@@ -449,7 +450,8 @@ def explained_variance_chart(curves: pl.DataFrame, *, title: str,
     order = list(dict.fromkeys(curves["method"].to_list()))
     palette = [PCA_COLOR if m.startswith("PCA") else SAE_COLOR for m in order]
     color = alt.Color("method:N", scale=alt.Scale(domain=order, range=palette), sort=order,
-                      legend=alt.Legend(title=None, orient="bottom-right", fillColor="white"))
+                      legend=alt.Legend(title=None, orient="bottom", direction="vertical",
+                                        labelLimit=600))
     base = alt.Chart(curves).encode(
         x=alt.X("components:Q", scale=alt.Scale(type="log", base=2, nice=False),
                 axis=alt.Axis(values=list(EV_COMPONENTS), format="d"), title="Number of components"),
@@ -480,13 +482,14 @@ def training_chart(log: pl.DataFrame, *, title: str, subtitle: Sequence[str],
     long = log.select("step", *metrics).unpivot(index="step", variable_name="metric",
                                                value_name="value").drop_nulls("value")
     return alt.Chart(long, width=240, height=150).mark_line(color=SAE_COLOR, strokeWidth=1.8).encode(
-        x=alt.X("step:Q", title="Step"),
-        y=alt.Y("value:Q", title=None, scale=alt.Scale(zero=False)),
+        x=alt.X("step:Q", title="Step", axis=alt.Axis(tickCount=4)),
+        y=alt.Y("value:Q", title=None, scale=alt.Scale(zero=False),
+                axis=alt.Axis(format="~g", tickCount=5)),
         tooltip=["metric:N", "step:Q", alt.Tooltip("value:Q", format=".4g")],
     ).facet(
         facet=alt.Facet("metric:N", sort=metrics, title=None,
                         header=alt.Header(labelFontSize=13, labelFontWeight="bold")),
-        columns=4,
+        columns=4, spacing={"row": 24, "column": 36},
     ).resolve_scale(y="independent").properties(
         title=alt.TitleParams(title, subtitle=list(subtitle)))
 
@@ -546,7 +549,8 @@ def sparse_code_explained_variance(rows: np.ndarray, features: np.ndarray, value
     if total == 0:
         return np.zeros(min(n_components, n_features))
     k = min(n_components, n_features)
-    top = eigh(corr, eigvals_only=True, subset_by_index=[n_features - k, n_features - 1])
+    top = eigh(corr, eigvals_only=True, subset_by_index=[n_features - k, n_features - 1],
+               driver="evr")
     return np.clip(top[::-1], 0, None) / total
 
 
@@ -660,41 +664,37 @@ def comparison_figures(data: FigureData) -> list[Figure]:
     """The seed's max-|rho| and novelty distributions (all labels and secondary; top 64 and by group)."""
     sae = data.features if data.kind == "sae" else None
     pca = data.baseline if data.kind == "sae" else data.features
-    subtitle = [_sizes_line(data)]
-    figures = []
+    model_line = _sizes_line(data)
     views = [
         ("max_rho", "max_abs", False, "Max |Spearman ρ| with any GZ label  (→ more aligned)",
          "Alignment with Galaxy Zoo labels"),
         ("max_rho_secondary", "max_abs_secondary", True,
          "Max |Spearman ρ| with any GZ label except smooth-or-featured  (→ more aligned)",
-         "Alignment with GZ labels other than smooth-or-featured"),
+         "Alignment with GZ labels, smooth-or-featured left out"),
         ("novelty", "novelty", None, "Unexplained GZ variance, 1 − R²  (→ less predictable)",
          "Novelty: what the GZ labels cannot predict"),
     ]
+    n_pca = min(TOP_COMPARED, pca.height) if pca is not None else 0
+    pca_part = f" vs the first {n_pca} PCA components" if pca is not None else ""
+    figures = []
     for stem, column, secondary, x_title, title in views:
         null = _null_threshold(data.null, secondary) if secondary is not None else None
-        null_text = NULL_VALUE_TEXT
         if sae is not None:
-            n_top = min(TOP_COMPARED, sae.height)
-            top_title = f"{title}: top {n_top} SAE features"
-            if pca is not None:
-                top_title += f" vs {min(TOP_COMPARED, pca.height)} PCA components"
+            what = f"The {min(TOP_COMPARED, sae.height)} most frequent SAE features{pca_part}"
         else:
-            top_title = f"{title}: {min(TOP_COMPARED, pca.height)} PCA components"
+            what = f"The first {n_pca} PCA components"
         values = comparison_values(sae, pca, column, by_group=False)
         figures.append(Figure(stem, distribution_chart(
-            values, title=top_title, subtitle=subtitle, x_title=x_title, null=null,
-            null_text=null_text)))
+            values, title=title, subtitle=[what, model_line], x_title=x_title, null=null,
+            null_text=NULL_VALUE_TEXT)))
         if sae is not None:
             grouped = comparison_values(sae, pca, column, by_group=True)
-            group_title = f"{title}: all {sae.height} SAE features by frequency rank"
-            if pca is not None:
-                group_title += f" vs first {min(TOP_COMPARED, pca.height)} PCA components"
-            figures.append(Figure(stem.replace("max_rho", "max_rho_by_rank_group")
-                                  if stem.startswith("max_rho") else "novelty_by_rank_group",
-                                  distribution_chart(grouped, title=group_title, subtitle=subtitle,
-                                                     x_title=x_title, null=null,
-                                                     null_text=null_text)))
+            what = f"All {sae.height} SAE features in groups by frequency rank{pca_part}"
+            name = stem.replace("max_rho", "max_rho_by_rank_group").replace(
+                "novelty", "novelty_by_rank_group")
+            figures.append(Figure(name, distribution_chart(
+                grouped, title=title, subtitle=[what, model_line], x_title=x_title, null=null,
+                null_text=NULL_VALUE_TEXT)))
     return figures
 
 
@@ -722,14 +722,14 @@ def run_figures(lake: Lake, data: FigureData, timings: dict[str, float]) -> list
                   .select("component", "explained_variance_ratio").collect()
                   .sort("component")["explained_variance_ratio"].to_numpy())
         at = [k for k in EV_COMPONENTS if k <= len(ratios)]
-        curves.append(pl.DataFrame({"method": f"PCA of the embeddings ({data.pca_id})",
+        curves.append(pl.DataFrame({"method": f"PCA of the standardized embeddings ({data.pca_id})",
                                     "components": at, "cumulative": cumulative_explained(ratios, at)}))
     if data.kind == "sae":
         ratios = sae_explained_variance(lake, data)
         if ratios is not None and len(ratios):
             at = [k for k in EV_COMPONENTS if k <= len(ratios)]
             curves.append(pl.DataFrame({
-                "method": f"SAE codes ({data.n_features} latents), PCA of standardized codes",
+                "method": f"SAE codes ({data.n_features} latents): PCA of the standardized codes",
                 "components": at, "cumulative": cumulative_explained(ratios, at)}))
     if curves:
         frame = pl.concat(curves).with_columns(pl.col("components").cast(pl.Int64))
@@ -742,7 +742,9 @@ def run_figures(lake: Lake, data: FigureData, timings: dict[str, float]) -> list
         log = lake.read("sae_training_log", run_id=data.model_id)
         if log.height:
             figures.append(Figure("training_curves", training_chart(
-                log, title="SAE training curves", subtitle=[data.describe()])))
+                log, title="SAE training curves",
+                subtitle=[f"{data.model_id} ({data.n_features} latents, encoder {data.encoder}); "
+                          "long runs averaged into bins"])))
     return figures
 
 
