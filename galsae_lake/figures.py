@@ -52,14 +52,14 @@ NULL_TABLE = "label_null"
 NULL_LABEL_COLUMN = "label"
 #: the first of these columns present in NULL_TABLE is the per-label null threshold of |rho|
 NULL_VALUE_COLUMNS = ("null_q95", "null_max_abs_spearman", "null_max")
-NULL_VALUE_TEXT = "permutation null, 95th percentile of max |ρ|"
+NULL_VALUE_TEXT = ("dotted: permutation null, the 95th percentile of the largest |ρ| of a label "
+                   "with shuffled votes")
 #: an optional table of PCA runs with an `encoder` column (else the id pattern pca-<encoder>-<hex>)
 PCA_RUNS_TABLE = "pca_runs"
 
 # ---------------------------------------------------------------- look
 SAE_COLOR = "#ff6361"
 PCA_COLOR = "#003f5c"
-NULL_COLOR = "#6b6b6b"
 #: frequency-rank groups, light (frequent) to dark (rare); wider than the seed's ramp, which
 #: could not be told apart in print
 GROUP_COLORS = ("#fdae6b", "#fd8d3c", "#f16913", "#d94801", "#a63603", "#7f2704", "#4d1802")
@@ -115,6 +115,7 @@ class FigureData:
     baseline_id: str | None = None
     baseline: pl.DataFrame | None = None
     null: pl.DataFrame | None = None  # label, null_max_abs
+    baseline_null: pl.DataFrame | None = None
     run: dict[str, Any] | None = None  # sae_runs row with config/metrics parsed
     pca_id: str | None = None  # the PCA whose components/scores the figures use
     notes: list[str] = field(default_factory=list)
@@ -145,22 +146,23 @@ def find_pca_baseline(lake: Lake, encoder: str, split: str = "test") -> str | No
     PCA runs are found in ``pca_runs`` (if that table exists) or by their id, ``pca-<encoder>-<hex>``.
     """
     analyzed = {p["model_id"] for p in lake.partitions("feature_summary", split=split)}
+    ids: set[str] = set()
+    created: dict[str, str] = {}
     if PCA_RUNS_TABLE in TABLES and lake.exists(PCA_RUNS_TABLE):
         runs = lake.read(PCA_RUNS_TABLE)
-        id_col = "pca_id" if "pca_id" in runs.columns else runs.columns[0]
-        if "encoder" in runs.columns:
-            ids = set(runs.filter(pl.col("encoder") == encoder)[id_col].to_list())
-        else:
-            ids = set()
-    else:
-        ids = set()
+        if {"pca_id", "encoder"} <= set(runs.columns):
+            runs = runs.filter(pl.col("encoder") == encoder)
+            ids = set(runs["pca_id"].to_list())
+            if "created_at" in runs.columns:  # newest by fit time, as analysis.latest_pca
+                created = {m: t.isoformat() for m, t in zip(runs["pca_id"], runs["created_at"])
+                           if t is not None}
     pattern = re.compile(rf"^pca-{re.escape(encoder)}-[0-9a-f]+$")
     ids |= {m for m in analyzed if pattern.match(m)}
     candidates = [m for m in ids if m in analyzed]
     if not candidates:
         return None
-    return max(candidates, key=lambda m: (_written_at(lake, "feature_summary",
-                                                      f"model_id={m}/split={split}"), m))
+    return max(candidates, key=lambda m: (
+        created.get(m) or _written_at(lake, "feature_summary", f"model_id={m}/split={split}"), m))
 
 
 def _summary_frame(summary: pl.DataFrame, corr: pl.DataFrame) -> pl.DataFrame:
@@ -196,18 +198,22 @@ def secondary_alignment(corr: pl.DataFrame) -> pl.DataFrame:
             .with_columns(pl.col("feature").cast(pl.Int64)))
 
 
-def _read_null(lake: Lake, model_id: str, split: str) -> pl.DataFrame | None:
+def _read_null(lake: Lake, model_id: str, split: str, method: str) -> pl.DataFrame | None:
+    """Per label, the permutation null's threshold of |rho| (label, null_max_abs), or None."""
     if NULL_TABLE not in TABLES or not lake.exists(NULL_TABLE, model_id=model_id, split=split):
         return None
     frame = lake.read(NULL_TABLE, model_id=model_id, split=split)
     value = next((c for c in NULL_VALUE_COLUMNS if c in frame.columns), None)
     if value is None or NULL_LABEL_COLUMN not in frame.columns:
         return None
-    if "method" in frame.columns and frame["method"].n_unique() > 1:
-        frame = frame.filter(pl.col("method") == _model_kind(model_id))
-    return (frame.group_by(NULL_LABEL_COLUMN)
-            .agg(pl.col(value).cast(pl.Float64).max().alias("null_max_abs"))
-            .rename({NULL_LABEL_COLUMN: "label"}).sort("label"))
+    if "method" in frame.columns:
+        frame = frame.filter(pl.col("method") == method)
+    frame = (frame.select(pl.col(NULL_LABEL_COLUMN).alias("label"),
+                          pl.col(value).cast(pl.Float64).alias("null_max_abs"))
+             .drop_nulls().filter(pl.col("null_max_abs").is_not_nan()))  # no permutations run
+    if frame.is_empty():
+        return None
+    return frame.group_by("label").agg(pl.col("null_max_abs").max()).sort("label")
 
 
 def _sae_run(lake: Lake, run_id: str) -> dict[str, Any] | None:
@@ -247,7 +253,7 @@ def load_figure_data(lake: Lake, model_id: str, split: str = "test") -> FigureDa
     features = _summary_frame(mine, corr)
     labels = sorted(corr["label"].unique().to_list(), key=_label_order)
     data = FigureData(model_id=model_id, kind=kind, split=split, encoder=None, features=features,
-                      corr=corr, labels=labels, null=_read_null(lake, model_id, split))
+                      corr=corr, labels=labels, null=_read_null(lake, model_id, split, kind))
     if kind == "pca":
         data.pca_id = model_id
         data.encoder = _encoder_of_pca(model_id)
@@ -275,6 +281,7 @@ def load_figure_data(lake: Lake, model_id: str, split: str = "test") -> FigureDa
             data.baseline = _summary_frame(base, base_corr.select(
                 pl.col("feature").cast(pl.Int64), "label", pl.col("spearman").cast(pl.Float64)))
             data.baseline_id = pca_id
+            data.baseline_null = _read_null(lake, pca_id, split, "pca")
     if data.baseline is None:
         data.notes.append(f"no analyzed PCA of encoder {data.encoder!r} on split {split!r}: "
                           "the PCA comparison is left out (run galsae-lake pca and analyze)")
@@ -381,11 +388,11 @@ def _series_scale(series: Sequence[str]) -> tuple[list[str], list[str], list[lis
 
 # ---------------------------------------------------------------- chart builders
 def distribution_chart(values: pl.DataFrame, *, title: str, subtitle: Sequence[str],
-                       x_title: str, null: float | None = None,
-                       null_text: str = "permutation null") -> alt.VConcatChart:
+                       x_title: str,
+                       nulls: Sequence[tuple[str, float, str]] = ()) -> alt.VConcatChart:
     """Density curves of ``values`` (series, feature, value) over [0, 1] and a rug of every value.
 
-    ``null``: a dashed rule at that |rho| (the permutation null's max over labels).
+    ``nulls``: (text, x, color) of dashed rules, e.g. each model's permutation-null threshold.
     """
     order = list(dict.fromkeys(values["series"].to_list()))
     domain, colors, dashes = _series_scale(order)
@@ -404,12 +411,15 @@ def distribution_chart(values: pl.DataFrame, *, title: str, subtitle: Sequence[s
                  alt.Tooltip("density:Q", format=".2f")],
     )
     layers = [density]
-    if null is not None:
-        rule_data = pl.DataFrame({"x": [float(null)], "text": [f"{null_text}: {null:.2f}"]})
-        rule = alt.Chart(rule_data).mark_rule(color=NULL_COLOR, strokeDash=[2, 2],
-                                              strokeWidth=1.5).encode(x=alt.X("x:Q", scale=x_scale))
-        text = alt.Chart(rule_data).mark_text(align="left", baseline="top", dx=4, dy=2,
-                                              color=NULL_COLOR, fontSize=11).encode(
+    for i, (label, x, rule_color) in enumerate(nulls):
+        rule_data = pl.DataFrame({"x": [float(x)], "text": [f"{label} {x:.2f}"]})
+        rule = alt.Chart(rule_data).mark_rule(strokeDash=[2, 2], strokeWidth=1.5,
+                                              color=rule_color).encode(
+            x=alt.X("x:Q", scale=x_scale))
+        left = x < 0.5  # write away from the axis
+        text = alt.Chart(rule_data).mark_text(align="left" if left else "right", baseline="top",
+                                              dx=4 if left else -4, dy=4 + 16 * i, fontSize=11,
+                                              color=rule_color).encode(
             x=alt.X("x:Q", scale=x_scale), y=alt.value(0), text="text:N")
         layers += [rule, text]
     top = alt.layer(*layers)
@@ -646,6 +656,7 @@ class Figure:
 
 
 def _null_threshold(null: pl.DataFrame | None, secondary: bool) -> float | None:
+    """The largest per-label null threshold (over the labels of the view), or None."""
     if null is None or null.is_empty():
         return None
     if secondary:
@@ -678,23 +689,32 @@ def comparison_figures(data: FigureData) -> list[Figure]:
     pca_part = f" vs the first {n_pca} PCA components" if pca is not None else ""
     figures = []
     for stem, column, secondary, x_title, title in views:
-        null = _null_threshold(data.null, secondary) if secondary is not None else None
+        nulls = []
+        if secondary is not None:  # novelty has no permutation null
+            for name, frame, color in ((("SAE" if data.kind == "sae" else "PCA"), data.null,
+                                        SAE_COLOR if data.kind == "sae" else PCA_COLOR),
+                                       ("PCA", data.baseline_null, PCA_COLOR)):
+                x = _null_threshold(frame, secondary)
+                if x is not None:
+                    nulls.append((f"{name} null", x, color))
+        lines = ["", model_line]
+        if nulls:
+            lines.append(NULL_VALUE_TEXT)
         if sae is not None:
             what = f"The {min(TOP_COMPARED, sae.height)} most frequent SAE features{pca_part}"
         else:
             what = f"The first {n_pca} PCA components"
         values = comparison_values(sae, pca, column, by_group=False)
         figures.append(Figure(stem, distribution_chart(
-            values, title=title, subtitle=[what, model_line], x_title=x_title, null=null,
-            null_text=NULL_VALUE_TEXT)))
+            values, title=title, subtitle=[what, *lines[1:]], x_title=x_title, nulls=nulls)))
         if sae is not None:
             grouped = comparison_values(sae, pca, column, by_group=True)
             what = f"All {sae.height} SAE features in groups by frequency rank{pca_part}"
             name = stem.replace("max_rho", "max_rho_by_rank_group").replace(
                 "novelty", "novelty_by_rank_group")
             figures.append(Figure(name, distribution_chart(
-                grouped, title=title, subtitle=[what, model_line], x_title=x_title, null=null,
-                null_text=NULL_VALUE_TEXT)))
+                grouped, title=title, subtitle=[what, *lines[1:]], x_title=x_title,
+                nulls=nulls)))
     return figures
 
 

@@ -168,7 +168,8 @@ def build_lake(root, n_galaxies: int = 120, n_features: int = 96, n_components: 
         tx.write("feature_summary", sae_summary, partition={"model_id": RUN_ID, "split": split})
         if with_null:
             _ensure_null_table()
-            tx.write(F.NULL_TABLE, _null_frame(labels, "sae", np.linspace(0.1, 0.2, n_labels)),
+            # the smooth-or-featured labels (first) get the highest null thresholds
+            tx.write(F.NULL_TABLE, _null_frame(labels, "sae", np.linspace(0.2, 0.1, n_labels)),
                      partition={"model_id": RUN_ID, "split": split})
     if with_pca:
         for pid in (OLD_PCA_ID, PCA_ID):  # two PCAs of the encoder: the newer one is paired
@@ -273,7 +274,7 @@ def test_max_rho_chart_data_and_encodings(data):
                          "max_rho_by_rank_group_secondary", "novelty", "novelty_by_rank_group"}
     spec = figs["max_rho"].chart.to_dict()
     units = _layers(spec)
-    line, rule, text, rug = units
+    line, rule, text, rule2, text2, rug = units
     assert line["mark"]["type"] == "line" and rug["mark"]["type"] == "tick"
     assert line["encoding"]["x"]["field"] == "x" and line["encoding"]["y"]["field"] == "density"
     assert line["encoding"]["color"]["field"] == "series"
@@ -292,11 +293,14 @@ def test_max_rho_chart_data_and_encodings(data):
     curves = pl.DataFrame(_values(spec, line))
     for (_,), c in curves.group_by("series"):
         assert np.trapezoid(c["density"], c["x"]) == pytest.approx(1.0, abs=0.12)
-    # the permutation null: the largest per-label 95th percentile
-    assert rule["mark"]["type"] == "rule"
-    assert _values(spec, rule)[0]["x"] == pytest.approx(0.2)
+    # the permutation nulls of both models: the largest per-label 95th percentile of each
+    assert rule["mark"]["type"] == "rule" and text["mark"]["type"] == "text"
+    assert [_values(spec, r)[0]["x"] for r in (rule, rule2)] == pytest.approx([0.2, 0.15])
+    assert [r["mark"]["color"] for r in (rule, rule2)] == [F.SAE_COLOR, F.PCA_COLOR]
+    assert [_values(spec, t)[0]["text"] for t in (text, text2)] == ["SAE null 0.20", "PCA null 0.15"]
+    assert "permutation null" in spec["title"]["subtitle"][-1]
     assert spec["title"]["text"] == "Alignment with Galaxy Zoo labels"
-    what, model = spec["title"]["subtitle"]
+    what, model, _ = spec["title"]["subtitle"]
     assert what == "The 64 most frequent SAE features vs the first 16 PCA components"
     assert "96 latents" in model and PCA_ID in model and "test split" in model
 
@@ -306,7 +310,8 @@ def test_secondary_null_leaves_out_smooth_or_featured(data):
     spec = figs["max_rho_secondary"].chart.to_dict()
     rule = [u for u in _layers(spec) if u["mark"]["type"] == "rule"][0]
     kept = data.null.filter(~pl.col("label").str.starts_with("smooth-or-featured_"))
-    assert _values(spec, rule)[0]["x"] == pytest.approx(kept["null_max_abs"].max())
+    assert kept.height == 9
+    assert _values(spec, rule)[0]["x"] == pytest.approx(0.2 - 3 * 0.1 / 11)  # 4th label's null
     rug = _layers(spec)[-1]
     values = pl.DataFrame(_values(spec, rug)).filter(pl.col("series").str.starts_with("SAE"))
     want = dict(zip(data.features["feature"], data.features["max_abs_secondary"]))
@@ -508,7 +513,7 @@ def test_browser_data(lake, data):
     tiles = with_gallery[0]["gal"]["highest"]
     assert len(tiles) == 4 and all(payload["thumbs"][t].startswith("data:image/jpeg") for t, _, _ in tiles)
     assert len(payload["thumbs"]) == len({t for f in with_gallery for t, _, _ in f["gal"]["highest"]})
-    assert payload["null"][0] == pytest.approx(0.1)
+    assert payload["null"][0] == pytest.approx(0.2) and payload["null"][-1] == pytest.approx(0.1)
 
 
 def _chromium() -> str | None:
