@@ -70,6 +70,8 @@ TOP_COMPARED = 64
 #: the seed's kdeplot(bw_adjust=0.7) on Scott's rule
 BW_ADJUST = 0.7
 EV_COMPONENTS = (1, 2, 4, 8, 16, 32, 64)
+#: the seed compares SAE features active in more than 1% of galaxies (get_top_sae_features)
+MIN_FREQUENCY = 0.01
 
 
 @alt.theme.register(THEME, enable=False)
@@ -316,19 +318,25 @@ def rank_group_label(lo: int, hi: int) -> str:
 
 
 def comparison_values(sae: pl.DataFrame | None, pca: pl.DataFrame | None, column: str,
-                      by_group: bool, top: int = TOP_COMPARED) -> pl.DataFrame:
+                      by_group: bool, top: int = TOP_COMPARED,
+                      min_frequency: float = 0.0) -> pl.DataFrame:
     """Long frame (series, feature, value) of ``column`` for the SAE and PCA series.
 
-    Without ``by_group``: the ``top`` most frequent SAE features and the first ``top`` PCA
-    components. With it: every SAE feature in frequency-rank groups (0–64, 64–128, ...).
+    SAE features active in at most ``min_frequency`` of the galaxies are left out first (the
+    seed's ``get_top_sae_features(min_freq=0.01)``), then ranked by frequency. Without
+    ``by_group``: the ``top`` most frequent SAE features and the first ``top`` PCA components.
+    With it: every kept SAE feature in frequency-rank groups (0–64, 64–128, ... up to the SAE size).
     """
     parts = []
     if sae is not None:
+        size = sae.height
+        sae = (sae.filter(pl.col("frequency") > min_frequency).sort("position").drop("position")
+               .with_row_index("position").with_columns(pl.col("position").cast(pl.Int64)))
         if by_group:
-            edges = rank_group_edges(sae.height)
+            edges = rank_group_edges(size)
             names = [f"SAE {rank_group_label(lo, hi)}" for lo, hi in zip(edges[:-1], edges[1:])]
             which = np.searchsorted(np.asarray(edges[1:-1]), sae["position"].to_numpy(),
-                                    side="right")
+                                    side="right").astype(np.int64)
             grouped = sae.with_columns(pl.Series("series", np.asarray(names, dtype=object)[which],
                                                  dtype=pl.String))
             parts.append(grouped.select("series", "feature", pl.col(column).alias("value")))
@@ -343,8 +351,10 @@ def comparison_values(sae: pl.DataFrame | None, pca: pl.DataFrame | None, column
                                   "feature", pl.col(column).alias("value")))
     if not parts:
         return pl.DataFrame(schema={"series": pl.String, "feature": pl.Int64, "value": pl.Float64})
-    return pl.concat(parts).with_columns(pl.col("feature").cast(pl.Int64),
-                                         pl.col("value").cast(pl.Float64))
+    # a feature without any rho (never active) has no value: leave it out (NaN breaks Vega JSON)
+    return (pl.concat(parts).with_columns(pl.col("feature").cast(pl.Int64),
+                                          pl.col("value").cast(pl.Float64))
+            .drop_nulls("value").filter(pl.col("value").is_finite()))
 
 
 def kde_curves(values: pl.DataFrame, lo: float = 0.0, hi: float = 1.0, steps: int = 201,
@@ -686,6 +696,7 @@ def comparison_figures(data: FigureData) -> list[Figure]:
          "Novelty: what the GZ labels cannot predict"),
     ]
     n_pca = min(TOP_COMPARED, pca.height) if pca is not None else 0
+    n_kept = int((sae["frequency"] > MIN_FREQUENCY).sum()) if sae is not None else 0
     pca_part = f" vs the first {n_pca} PCA components" if pca is not None else ""
     figures = []
     for stem, column, secondary, x_title, title in views:
@@ -701,15 +712,17 @@ def comparison_figures(data: FigureData) -> list[Figure]:
         if nulls:
             lines.append(NULL_VALUE_TEXT)
         if sae is not None:
-            what = f"The {min(TOP_COMPARED, sae.height)} most frequent SAE features{pca_part}"
+            what = f"The {min(TOP_COMPARED, n_kept)} most frequent SAE features{pca_part}"
         else:
             what = f"The first {n_pca} PCA components"
-        values = comparison_values(sae, pca, column, by_group=False)
+        values = comparison_values(sae, pca, column, by_group=False, min_frequency=MIN_FREQUENCY)
         figures.append(Figure(stem, distribution_chart(
             values, title=title, subtitle=[what, *lines[1:]], x_title=x_title, nulls=nulls)))
         if sae is not None:
-            grouped = comparison_values(sae, pca, column, by_group=True)
-            what = f"All {sae.height} SAE features in groups by frequency rank{pca_part}"
+            grouped = comparison_values(sae, pca, column, by_group=True,
+                                        min_frequency=MIN_FREQUENCY)
+            what = (f"The {n_kept} of {sae.height} SAE features active in more than "
+                    f"{MIN_FREQUENCY:.0%} of galaxies, by frequency rank{pca_part}")
             name = stem.replace("max_rho", "max_rho_by_rank_group").replace(
                 "novelty", "novelty_by_rank_group")
             figures.append(Figure(name, distribution_chart(

@@ -88,7 +88,7 @@ def _summary(method, corr: pl.DataFrame, frequency: np.ndarray, novelty: np.ndar
     nov_rank[np.lexsort((np.arange(n), -novelty))] = np.arange(n)
     frame = pl.DataFrame({"method": method, "feature": np.arange(n, dtype=np.int32),
                           "frequency": frequency, "frequency_rank": rank, "novelty": novelty,
-                          "novelty_rank": nov_rank}).join(best, on="feature")
+                          "novelty_rank": nov_rank, "n_features": np.int32(n)}).join(best, on="feature")
     if secondary:
         frame = frame.join(sec, on="feature")
     return frame.sort("feature")
@@ -326,9 +326,13 @@ def test_rank_groups_and_novelty(data):
     rug = _layers(spec)[-1]
     values = pl.DataFrame(_values(spec, rug))
     counts = dict(values.group_by("series").len().iter_rows())
-    assert counts == {"SAE 0–64": 64, "SAE 64–96": 32, "PCA (first 16 components)": 16}
+    kept = data.features.filter(pl.col("frequency") > F.MIN_FREQUENCY).sort("position")
+    assert 64 < kept.height < 96  # the synthetic lake has a few rare latents
+    assert counts == {"SAE 0–64": 64, "SAE 64–96": kept.height - 64,
+                      "PCA (first 16 components)": 16}
     first = set(values.filter(pl.col("series") == "SAE 0–64")["feature"].to_list())
-    assert first == set(data.features.filter(pl.col("position") < 64)["feature"].to_list())
+    assert first == set(kept.head(64)["feature"].to_list())
+    assert spec["title"]["subtitle"][0].startswith(f"The {kept.height} of 96 SAE features active")
     nov = dict(zip(data.features["feature"], data.features["novelty"]))
     sae = values.filter(pl.col("series").str.starts_with("SAE"))
     assert all(nov[f] == pytest.approx(v) for f, v in zip(sae["feature"], sae["value"]))
@@ -336,6 +340,15 @@ def test_rank_groups_and_novelty(data):
     assert color["range"][:2] == list(F.GROUP_COLORS[:2]) and color["range"][-1] == F.PCA_COLOR
     assert "novelty" in spec["title"]["text"].lower() and not any(
         u["mark"]["type"] == "rule" for u in _layers(spec))  # no null for novelty
+
+
+def test_missing_values_are_left_out():
+    sae = pl.DataFrame({"feature": [0, 1, 2, 3], "position": [0, 1, 2, 3],
+                        "frequency": [0.5, 0.4, 0.3, 0.001], "novelty": [0.5, float("nan"), None, 0.2]})
+    values = F.comparison_values(sae, None, "novelty", by_group=False)
+    assert values["feature"].to_list() == [0, 3]
+    values = F.comparison_values(sae, None, "novelty", by_group=True, min_frequency=0.01)
+    assert values["feature"].to_list() == [0]
 
 
 def test_kde_matches_scipy_with_seaborn_bandwidth():
