@@ -106,7 +106,7 @@ header h1 { margin: 0; font-size: 18px; } header p { margin: 2px 0 0; font-size:
 #filters input { width: 110px; padding: 3px 5px; font: inherit; }
 #filters input[type=text] { width: 200px; }
 #count { margin-left: auto; font-size: 12px; color: #555; }
-main { display: grid; grid-template-columns: minmax(560px, 50%) 1fr; height: calc(100vh - 112px); }
+main { display: grid; grid-template-columns: minmax(600px, 52%) 1fr; height: calc(100vh - 112px); }
 #list { overflow: auto; border-right: 1px solid #ddd; }
 table { border-collapse: collapse; width: 100%; font-size: 12.5px; }
 th { position: sticky; top: 0; background: #fff; border-bottom: 2px solid #bbb; text-align: right;

@@ -554,6 +554,7 @@ def sparse_code_explained_variance(rows: np.ndarray, features: np.ndarray, value
     """
     from scipy import sparse
     from scipy.linalg import eigh
+    from scipy.sparse.linalg import eigsh
 
     x = sparse.csr_matrix((values.astype(np.float64), (rows, features)),
                           shape=(n_rows, n_features))
@@ -569,8 +570,11 @@ def sparse_code_explained_variance(rows: np.ndarray, features: np.ndarray, value
     if total == 0:
         return np.zeros(min(n_components, n_features))
     k = min(n_components, n_features)
-    top = eigh(corr, eigvals_only=True, subset_by_index=[n_features - k, n_features - 1],
-               driver="evr")
+    if k < n_features - 1:  # Lanczos: a few hundred products instead of a full tridiagonalization
+        top = np.sort(eigsh(corr, k=k, which="LA", return_eigenvectors=False, tol=1e-12,
+                            v0=np.ones(n_features)))
+    else:
+        top = eigh(corr, eigvals_only=True, subset_by_index=[n_features - k, n_features - 1])
     return np.clip(top[::-1], 0, None) / total
 
 
