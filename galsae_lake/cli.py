@@ -210,3 +210,30 @@ def ingest_votes_command(ctx: click.Context, file: str, catalog: str, id_column:
     parts = ", ".join(f"{k} {v}" for k, v in summary["splits"].items())
     click.echo(f"ingest votes: {summary['galaxies']} galaxies ({parts}); wrote votes[catalog={catalog}]"
                + (f"; {summary['unmatched']} ids not in the lake skipped" if summary["unmatched"] else ""))
+
+
+# ---- figures ----
+@main.command(epilog=example(
+    "galsae-lake figures --model sae-zoobot-synth-3f9a2c --format html,png --top 8"))
+@click.option("--model", "model_id", required=True,
+              help="An SAE run_id or a pca_id that `galsae-lake analyze` has analyzed.")
+@click.option("--out", type=click.Path(file_okay=False),
+              help="Output folder [default: <lake>/figures/<model>].")
+@click.option("--format", "formats", default="html,png", show_default=True,
+              help="Comma-separated: html (offline report and feature browser), png, svg.")
+@click.option("--split", default="test", show_default=True, help="The analyzed split to draw.")
+@click.option("--top", default=8, show_default=True, type=click.IntRange(min=0),
+              help="Gallery files for this many features (most frequent first).")
+@click.pass_context
+def figures(ctx: click.Context, model_id: str, out: str | None, formats: str, split: str,
+            top: int) -> None:
+    """Draw a model's figures from the lake: alignment and novelty distributions (SAE vs PCA),
+    Matryoshka reconstruction, explained variance, training curves, galleries, feature browser."""
+    from galsae_lake.figures import make_figures
+
+    lake = lake_of(ctx)
+    log = lambda line: click.echo(line, err=True)  # noqa: E731
+    written = make_figures(lake, model_id, out=out, formats=formats.split(","), split=split,
+                           top=top, log=log)
+    for path in written:
+        click.echo(str(path))
