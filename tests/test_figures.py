@@ -6,7 +6,6 @@ Lakes are built directly through lake transactions with synthetic tables in the 
 
 from __future__ import annotations
 
-
 import io
 import json
 import os
