@@ -264,7 +264,9 @@ class MatryoshkaSAE(nn.Module):
         self.W_enc = nn.Parameter(nn.init.kaiming_uniform_(torch.empty(d, n)))
         self.W_dec = nn.Parameter(nn.init.kaiming_uniform_(torch.empty(n, d)))
         with torch.no_grad():  # tied initialization, unit-norm decoder rows (the seed's)
-            self.W_dec.data = self.W_enc.t().clone()
+            # row-major (the seed's clone of a transpose is column-major): the fused AdamW
+            # kernel assumes a parameter and its gradient share strides
+            self.W_dec.data = self.W_enc.t().contiguous()
             self.W_dec.data /= self.W_dec.data.norm(dim=-1, keepdim=True)
         self.register_buffer("num_batches_not_active", torch.zeros(n, dtype=torch.long))
         self.register_buffer("threshold", torch.zeros(()))
