@@ -261,12 +261,15 @@ class MatryoshkaSAE(nn.Module):
         # parameters in the seed's order (AdamW state follows it)
         self.b_dec = nn.Parameter(torch.zeros(d))
         self.b_enc = nn.Parameter(torch.zeros(n))
-        self.W_enc = nn.Parameter(nn.init.kaiming_uniform_(torch.empty(d, n)))
+        # stored column-major ([latents, input_dim] in memory): the sparse step builds its
+        # gradient latent by latent, and then needs no transposing copy
+        W_enc = nn.init.kaiming_uniform_(torch.empty(d, n))
+        self.W_enc = nn.Parameter(W_enc.t().contiguous().t())
         self.W_dec = nn.Parameter(nn.init.kaiming_uniform_(torch.empty(n, d)))
         with torch.no_grad():  # tied initialization, unit-norm decoder rows (the seed's)
             # row-major (the seed's clone of a transpose is column-major): the fused AdamW
             # kernel assumes a parameter and its gradient share strides
-            self.W_dec.data = self.W_enc.t().contiguous()
+            self.W_dec.data = self.W_enc.detach().t().clone(memory_format=torch.contiguous_format)
             self.W_dec.data /= self.W_dec.data.norm(dim=-1, keepdim=True)
         self.register_buffer("num_batches_not_active", torch.zeros(n, dtype=torch.long))
         self.register_buffer("threshold", torch.zeros(()))
@@ -349,12 +352,15 @@ class MatryoshkaSAE(nn.Module):
 
     @torch.no_grad()
     def make_decoder_weights_and_grad_unit_norm(self) -> None:
-        """The seed's step: unit-norm decoder rows, gradient parallel to them removed."""
+        """The seed's step: unit-norm decoder rows, gradient parallel to them removed.
+
+        Same values as the seed's code, computed in place (fewer passes over the decoder).
+        """
         if self.W_dec.grad is None:
             return
-        normed = self.W_dec / self.W_dec.norm(dim=-1, keepdim=True)
-        self.W_dec.grad -= (self.W_dec.grad * normed).sum(-1, keepdim=True) * normed
-        self.W_dec.data = normed
+        W, grad = self.W_dec.data, self.W_dec.grad
+        W.div_(torch.linalg.vector_norm(W, dim=-1, keepdim=True))
+        grad.sub_(torch.linalg.vecdot(grad, W).unsqueeze(-1) * W)
 
     # ------------------------------------------------------------ checkpoint
     def save(self, folder: str | Path) -> None:
@@ -401,18 +407,17 @@ def sparse_loss_and_grads(model: MatryoshkaSAE, x: torch.Tensor) -> dict[str, An
     W_enc, b_enc, W_dec, b_dec = model.W_enc, model.b_enc, model.W_dec, model.b_dec
     with torch.no_grad():
         c = x - b_dec
-        acts = torch.addmm(b_enc, c, W_enc).clamp_(min=0)
-        flat = acts.view(-1)
+        pre = torch.addmm(b_enc, c, W_enc)
+        flat = pre.view(-1)
         n_keep = min(cfg.top_k * B, flat.numel())
-        # the n_keep-th largest activation; keeping >= it (and > 0) is BatchTopK's selection
-        if n_keep < flat.numel():
-            kth = torch.kthvalue(flat, flat.numel() - n_keep + 1).values
-            keep = flat >= kth if kth > 0 else flat > 0
-        else:
-            keep = flat > 0
-        idx = keep.nonzero().squeeze(1)  # row-major, so rows and (row, group) are sorted
+        # BatchTopK on the pre-activations: the same kept set as on ReLU(pre), minus non-positives
+        z, idx = torch.topk(flat, n_keep, sorted=False)
+        idx, perm = torch.sort(idx)  # row-major, so rows and (row, group) come sorted
+        z = z[perm]
+        if not bool(z.gt(0).all()):  # fewer positive activations than top_k * batch
+            positive = z > 0
+            idx, z = idx[positive], z[positive]
         rows, cols = idx // L, idx % L
-        z = flat[idx]
         nnz = z.numel()
         groups = model.group_of[cols]
         rg = rows * G + groups
@@ -420,14 +425,16 @@ def sparse_loss_and_grads(model: MatryoshkaSAE, x: torch.Tensor) -> dict[str, An
         crow = torch.zeros(B * G + 1, dtype=torch.long, device=x.device)
         crow[1:] = torch.bincount(rg, minlength=B * G).cumsum(0)
         A = torch.sparse_csr_tensor(crow, cols, z, size=(B * G, L))
-        contrib = (A @ W_dec).view(B, G, d)
-        recon = contrib.cumsum(1).add_(b_dec)
-        err = recon - x[:, None, :]
-        mse = err.pow(2).mean()
+        # per-level errors: E_i = b_dec + sum_{g <= i} contrib_g - x
+        err = (A @ W_dec).view(B, G, d).cumsum(1).add_((b_dec - x)[:, None, :])
+        mse = err.square().sum() / err.numel()
         l1 = cfg.l1_coeff * z.sum() / B
-        # gradient of the mean over levels of each level's mean squared error
+        # gradient of the mean over levels of each level's mean squared error; group g feeds
+        # every level >= g: d_contrib_g = sum_{i >= g} dE_i = total - cumsum_g + dE_g
+        err_last = err[:, -1].clone()  # x - recon = -E_last, for the auxiliary loss
         d_err = err.mul_(2.0 / (G * B * d))
-        d_contrib = d_err.flip(1).cumsum(1).flip(1)  # group g feeds every level >= g
+        cum = d_err.cumsum(1)
+        d_contrib = cum[:, -1:].sub(cum).add_(d_err)
         grad_b_dec = d_contrib[:, 0].sum(0)
         d_contrib = d_contrib.reshape(B * G, d)
         grad_z = torch.sparse.sampled_addmm(A, d_contrib, W_dec.t(), beta=0.0).values()
@@ -445,8 +452,8 @@ def sparse_loss_and_grads(model: MatryoshkaSAE, x: torch.Tensor) -> dict[str, An
         dead = model.num_batches_not_active >= cfg.n_batches_to_dead
         dead_cols = dead.nonzero().squeeze(1)
         if dead_cols.numel():
-            residual = x - recon[:, -1]
-            dead_acts = acts[:, dead_cols]
+            residual = -err_last
+            dead_acts = pre[:, dead_cols].clamp_(min=0)
             dflat = dead_acts.reshape(-1)
             n_aux = min(cfg.top_k * cfg.aux_k_multiplier * B, dflat.numel())
             t_val, t_idx = torch.kthvalue(dflat, dflat.numel() - n_aux + 1)
@@ -464,7 +471,8 @@ def sparse_loss_and_grads(model: MatryoshkaSAE, x: torch.Tensor) -> dict[str, An
             grad_W_enc_t.index_add_(0, dead_cols, g.t() @ c)
             grad_b_enc.index_add_(0, dead_cols, g.sum(0))
         grad_b_dec -= W_enc @ grad_b_enc  # b_dec also enters the encoder (x - b_dec)
-        model.W_enc.grad = grad_W_enc_t.t().contiguous()
+        # the gradient gets the parameter's memory layout (the fused AdamW kernel needs it)
+        model.W_enc.grad = torch.empty_like(W_enc).copy_(grad_W_enc_t.t()) if W_enc.is_contiguous() else grad_W_enc_t.t()
         model.b_enc.grad = grad_b_enc
         model.W_dec.grad = grad_W_dec
         model.b_dec.grad = grad_b_dec

@@ -22,7 +22,7 @@ import math
 import sys
 import time
 from datetime import datetime, timezone
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -51,8 +51,8 @@ def make_optimizer(model: MatryoshkaSAE, config: SAEConfig):
     """AdamW (the seed's betas and default weight decay) and cosine decay to lr/10 per epoch."""
     kwargs = dict(lr=config.learning_rate, betas=(0.9, 0.999))
     # the fused kernel is one pass over the weights instead of several; it ignores strides, so
-    # only for contiguous parameters (our gradients are contiguous)
-    if all(p.is_contiguous() for p in model.parameters()):
+    # only where each gradient has its parameter's layout (the sparse step and autograd do that)
+    if model.W_dec.is_contiguous():
         try:
             return _with_schedule(torch.optim.AdamW(model.parameters(), fused=True, **kwargs), config)
         except (RuntimeError, TypeError):
@@ -66,13 +66,28 @@ def _with_schedule(optimizer, config: SAEConfig):
     return optimizer, scheduler
 
 
+def epoch_order(n: int, generator: torch.Generator) -> torch.Tensor:
+    """One epoch's row order, drawn as the seed's ``DataLoader(shuffle=True, generator=g)`` does.
+
+    The loader's iterator draws a base seed, then its RandomSampler draws the permutation it uses
+    and, on exhausting it, one more (empty-sliced) permutation: same draws, same batches.
+    """
+    torch.empty((), dtype=torch.int64).random_(generator=generator)
+    order = torch.randperm(n, generator=generator)
+    torch.randperm(n, generator=generator)
+    return order
+
+
 def train_model(X: np.ndarray, config: SAEConfig, progress: bool = True,
-                device: str | torch.device | None = None) -> tuple[MatryoshkaSAE, list[dict], dict]:
+                device: str | torch.device | None = None,
+                on_step: Callable[[int, dict], None] | None = None,
+                ) -> tuple[MatryoshkaSAE, list[dict], dict]:
     """Train an SAE on raw embeddings ``X`` [rows x input_dim] (the training split).
 
     Returns the model (eval mode, normalization and threshold set), the training-log rows and
-    timing stats. Batches are drawn from one tensor already on the device (a fresh permutation
-    per epoch from a generator seeded with ``random_seed``); deterministic on CPU.
+    timing stats. Batches are slices of one tensor already on the device, in the same order
+    as the seed's DataLoader with the same seed; deterministic on CPU. ``on_step(step, out)``
+    is called after every optimizer step (benchmarks time it).
     """
     config = dataclasses.replace(config, group_sizes=list(config.group_sizes))
     if config.input_dim is None:
@@ -97,7 +112,7 @@ def train_model(X: np.ndarray, config: SAEConfig, progress: bool = True,
     epochs = tqdm(range(config.epochs), desc="train-sae", unit="epoch", disable=not progress,
                   file=sys.stderr)
     for epoch in epochs:
-        order = torch.randperm(n, generator=generator).to(device)
+        order = epoch_order(n, generator).to(device)
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
                    disable=not progress, file=sys.stderr, mininterval=0.5)
         for b in bar:
@@ -113,6 +128,8 @@ def train_model(X: np.ndarray, config: SAEConfig, progress: bool = True,
                 sums[k] += out[k]
             count += 1
             step += 1
+            if on_step is not None:
+                on_step(step, out)
             if step % config.log_every == 0 or b == steps_per_epoch - 1:
                 row = _log_row(model, optimizer, sums, count, step, epoch)
                 log.append(row)
