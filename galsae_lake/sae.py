@@ -411,7 +411,7 @@ def sparse_loss_and_grads(model: MatryoshkaSAE, x: torch.Tensor) -> dict[str, An
         flat = pre.view(-1)
         n_keep = min(cfg.top_k * B, flat.numel())
         # BatchTopK on the pre-activations: the same kept set as on ReLU(pre), minus non-positives
-        z, idx = torch.topk(flat, n_keep, sorted=False)
+        z, idx = _batch_topk(model, flat, n_keep)
         idx, perm = torch.sort(idx)  # row-major, so rows and (row, group) come sorted
         z = z[perm]
         if not bool(z.gt(0).all()):  # fewer positive activations than top_k * batch
@@ -481,6 +481,26 @@ def sparse_loss_and_grads(model: MatryoshkaSAE, x: torch.Tensor) -> dict[str, An
         loss = mse + l1 + aux
     return {"loss": loss, "mse": mse, "l1": l1, "aux": aux, "l0": nnz / B,
             "min_kept": z.min() if nnz else torch.zeros((), device=x.device), "fired": fired}
+
+
+def _batch_topk(model: MatryoshkaSAE, flat: torch.Tensor, n_keep: int):
+    """``torch.topk(flat, n_keep)``, on CPU first narrowed to the values above a bound.
+
+    The bound is 0.9 x the previous batch's smallest kept value; when at least ``n_keep`` values
+    exceed it, the top ``n_keep`` are all among them and a topk over those few is exact.
+    """
+    hint = getattr(model, "_topk_hint", None)
+    z = idx = None
+    if hint is not None and flat.device.type == "cpu":
+        candidates = (flat > hint).nonzero().squeeze(1)
+        if candidates.numel() >= n_keep:
+            z, picked = torch.topk(flat[candidates], n_keep, sorted=False)
+            idx = candidates[picked]
+    if z is None:
+        z, idx = torch.topk(flat, n_keep, sorted=False)
+    smallest = float(z.min()) if z.numel() else 0.0
+    model._topk_hint = 0.9 * smallest if smallest > 0 else None
+    return z, idx
 
 
 def encode_embeddings(model: MatryoshkaSAE, X: np.ndarray, dense: bool = False,

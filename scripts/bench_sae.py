@@ -5,7 +5,8 @@ dataset (batch 256, shuffle, 4 workers, seeded generator), the dense forward wit
 ``make_decoder_weights_and_grad_unit_norm``, plain AdamW, ``update_inactive_features``.
 Ours: :func:`galsae_lake.train.train_model` (batches sliced from a tensor on the device, the
 sparse step, fused AdamW). Both start from the same initialization and see the same batches in
-the same order, so their loss curves are compared step by step.
+the same order, so their loss curves are compared step by step. The two run in turn, one step
+each, so that both see the same load on a shared machine.
 
     python scripts/bench_sae.py                          # 20k x 640, 1 epoch each, CPU
     python scripts/bench_sae.py --device cuda --rows 140000 --epochs 2 --full
@@ -58,9 +59,8 @@ class EmbeddingDataset(Dataset):
         return self.embeddings[idx]
 
 
-def seed_loop(X: np.ndarray, config: SAEConfig, device: torch.device, workers: int,
-              max_steps: int | None) -> tuple[list[float], list[float]]:
-    """The seed's training loop; returns per-step seconds and losses."""
+def seed_steps(X: np.ndarray, config: SAEConfig, device: torch.device, workers: int):
+    """The seed's training loop as a generator: yields (seconds, loss) per step."""
     torch.manual_seed(config.random_seed)
     model = MatryoshkaSAE(config)
     fit_normalization(model, X)
@@ -72,7 +72,6 @@ def seed_loop(X: np.ndarray, config: SAEConfig, device: torch.device, workers: i
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, betas=(0.9, 0.999))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimizer, T_max=config.epochs, eta_min=config.learning_rate / 10)
-    times, losses = [], []
     for _ in range(config.epochs):
         last = time.perf_counter()
         for batch in loader:
@@ -82,35 +81,44 @@ def seed_loop(X: np.ndarray, config: SAEConfig, device: torch.device, workers: i
             model.make_decoder_weights_and_grad_unit_norm()
             optimizer.step()
             model.update_inactive_features(out["feature_acts"].sum(0) > 0)
-            losses.append(out["loss"].item())  # the seed's .item() per step
-            now = time.perf_counter()
-            times.append(now - last)
-            last = now
-            if max_steps and len(times) >= max_steps:
-                return times, losses
+            loss = out["loss"].item()  # the seed's .item() per step
+            seconds = time.perf_counter() - last
+            yield seconds, loss
+            last = time.perf_counter()
         scheduler.step()
-    return times, losses
 
 
-def ours(X: np.ndarray, config: SAEConfig, device: torch.device,
-         max_steps: int | None) -> tuple[list[float], list[float], float]:
-    times, losses = [], []
+def interleaved(X: np.ndarray, config: SAEConfig, device: torch.device, workers: int,
+                max_steps: int | None):
+    """Ours and the seed's loop step by step in turn, so both see the same machine load.
+
+    Returns per-step seconds and losses of each (ours: :func:`train_model`).
+    """
+    t_ours, l_ours, t_seed, l_seed = [], [], [], []
+    seed = seed_steps(X, config, device, workers)
     last = [time.perf_counter()]
 
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
     def on_step(step, out):
-        losses.append(float(out["loss"]))
-        now = time.perf_counter()
-        times.append(now - last[0])
-        last[0] = now
+        l_ours.append(float(out["loss"]))
+        sync()
+        t_ours.append(time.perf_counter() - last[0])
+        seconds, loss = next(seed)
+        t_seed.append(seconds)
+        l_seed.append(loss)
         if max_steps and step >= max_steps:
             raise StopIteration
+        last[0] = time.perf_counter()
 
-    started = time.perf_counter()
     try:
         train_model(X, config, progress=False, device=device, on_step=on_step)
     except StopIteration:
         pass
-    return times, losses, time.perf_counter() - started
+    seed.close()
+    return t_ours, l_ours, t_seed, l_seed
 
 
 def windows(values: list[float], n: int = 8) -> list[float]:
@@ -142,17 +150,19 @@ def main() -> None:
           f"{torch.get_num_threads()} threads")
     X = planted_embeddings(args.rows, args.dim)
 
-    t_ours, l_ours, _ = ours(X, config, device, args.max_steps)
-    t_seed, l_seed = seed_loop(X, config, device, args.workers, args.max_steps)
+    t_ours, l_ours, t_seed, l_seed = interleaved(X, config, device, args.workers, args.max_steps)
     steps = min(len(t_ours), len(t_seed))
     per_epoch = math.ceil(args.rows / config.batch_size)
-    # the first steps include start-up (worker processes, first allocations): report both
+    # medians of the steps after the first; epoch time: the seed loop's first step includes
+    # starting its DataLoader workers, which it pays again every epoch, so it is kept; ours
+    # includes one-off set-up (model, normalization), so it is left out
     med_o, med_s = statistics.median(t_ours[1:]), statistics.median(t_seed[1:])
-    ep_o, ep_s = sum(t_ours) / len(t_ours) * per_epoch, sum(t_seed) / len(t_seed) * per_epoch
+    ep_o = statistics.fmean(t_ours[1:]) * per_epoch
+    ep_s = t_seed[0] + statistics.fmean(t_seed[1:]) * (per_epoch - 1)
     print(f"median ms/step  ours {med_o * 1e3:8.2f}   seed loop {med_s * 1e3:8.2f}   "
           f"ratio {med_s / med_o:5.2f}x")
     print(f"epoch seconds   ours {ep_o:8.2f}   seed loop {ep_s:8.2f}   ratio {ep_s / ep_o:5.2f}x "
-          f"(mean step incl. start-up x {per_epoch} steps)")
+          f"({per_epoch} steps of batch {config.batch_size})")
     diff = [abs(a - b) for a, b in zip(l_ours[:steps], l_seed[:steps])]
     print(f"loss, same init and batches, {steps} steps: max |ours - seed| {max(diff):.2e} "
           f"(first 10 steps {max(diff[:10]):.2e}); final ours {l_ours[steps - 1]:.5f} "
@@ -168,7 +178,8 @@ def main() -> None:
               f"{time.perf_counter() - started:.1f} s")
         if args.full_seed:
             started = time.perf_counter()
-            seed_loop(X, full, device, args.workers, None)
+            for _ in seed_steps(X, full, device, args.workers):
+                pass
             print(f"full training, seed loop: {time.perf_counter() - started:.1f} s")
 
 
