@@ -38,6 +38,8 @@ from galsae_lake.errors import InputError
 NORM_EPS = 1e-5
 CHECKPOINT_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+#: inference computes pre-activations in blocks of this many rows (see encode)
+ENCODE_BLOCK = 256
 
 # TOML sections of the seed's config files, and where each of our keys lives
 SECTIONS = {
@@ -289,10 +291,25 @@ class MatryoshkaSAE(nn.Module):
     def pre_activations(self, x_norm: torch.Tensor) -> torch.Tensor:
         return torch.addmm(self.b_enc, x_norm - self.b_dec, self.W_enc)
 
+    def _rowwise_pre_activations(self, x: torch.Tensor) -> torch.Tensor:
+        """Pre-activations of raw rows, computed in zero-padded blocks of ``ENCODE_BLOCK`` rows.
+
+        A matrix product's rounding depends on its shape (one row takes another BLAS path than
+        many), so every row goes through a product of the same shape: a row's code is then the
+        same bits alone or in any batch.
+        """
+        x = self.normalize(x)
+        n = x.shape[0]
+        pad = (-n) % ENCODE_BLOCK
+        if pad:
+            x = torch.cat([x, x.new_zeros(pad, x.shape[1])])
+        blocks = [self.pre_activations(x[i:i + ENCODE_BLOCK]) for i in range(0, len(x), ENCODE_BLOCK)]
+        return torch.cat(blocks)[:n]
+
     @torch.no_grad()
     def encode_dense(self, x: torch.Tensor) -> torch.Tensor:
         """The seed's dense codes: ReLU of the pre-activations, no sparsity (raw embeddings in)."""
-        return F.relu(self.pre_activations(self.normalize(x)))
+        return F.relu(self._rowwise_pre_activations(x))
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -300,7 +317,7 @@ class MatryoshkaSAE(nn.Module):
 
         Row by row: a galaxy's code does not depend on the other rows in the batch.
         """
-        acts = F.relu(self.pre_activations(self.normalize(x)))
+        acts = F.relu(self._rowwise_pre_activations(x))
         return acts * (acts > self.threshold)
 
     def decode(self, codes: torch.Tensor, latents: int | None = None) -> torch.Tensor:
@@ -424,7 +441,7 @@ def sparse_loss_and_grads(model: MatryoshkaSAE, x: torch.Tensor) -> dict[str, An
         # A: [B*G, L] codes split by Matryoshka group, so A @ W_dec gives per-group contributions
         crow = torch.zeros(B * G + 1, dtype=torch.long, device=x.device)
         crow[1:] = torch.bincount(rg, minlength=B * G).cumsum(0)
-        A = torch.sparse_csr_tensor(crow, cols, z, size=(B * G, L))
+        A = _csr(crow, cols, z, size=(B * G, L))
         # per-level errors: E_i = b_dec + sum_{g <= i} contrib_g - x
         err = (A @ W_dec).view(B, G, d).cumsum(1).add_((b_dec - x)[:, None, :])
         mse = err.square().sum() / err.numel()
@@ -443,9 +460,9 @@ def sparse_loss_and_grads(model: MatryoshkaSAE, x: torch.Tensor) -> dict[str, An
         order = torch.argsort(cols, stable=True)
         crow_t = torch.zeros(L + 1, dtype=torch.long, device=x.device)
         crow_t[1:] = torch.bincount(cols, minlength=L).cumsum(0)
-        A_t = torch.sparse_csr_tensor(crow_t, rg[order], z[order], size=(L, B * G))
+        A_t = _csr(crow_t, rg[order], z[order], size=(L, B * G))
         grad_W_dec = A_t @ d_contrib
-        P_t = torch.sparse_csr_tensor(crow_t, rows[order], grad_z[order], size=(L, B))
+        P_t = _csr(crow_t, rows[order], grad_z[order], size=(L, B))
         grad_W_enc_t = P_t @ c  # [L, d]
         grad_b_enc = torch.zeros(L, device=x.device, dtype=x.dtype).index_add_(0, cols, grad_z)
         aux = torch.zeros((), device=x.device)
@@ -518,7 +535,7 @@ def encode_embeddings(model: MatryoshkaSAE, X: np.ndarray, dense: bool = False,
     model.eval()
     outs_r, outs_c, outs_v, dense_parts = [], [], [], []
     for start in range(0, len(X), batch_size):
-        xb = torch.from_numpy(X[start:start + batch_size]).to(device)
+        xb = torch.tensor(X[start:start + batch_size], device=device)
         if dense:
             dense_parts.append(model.encode_dense(xb).cpu().numpy())
             continue
@@ -535,9 +552,8 @@ def encode_embeddings(model: MatryoshkaSAE, X: np.ndarray, dense: bool = False,
     return np.concatenate(outs_r), np.concatenate(outs_c), np.concatenate(outs_v)
 
 
-def _quiet_sparse_warnings() -> None:
-    warnings.filterwarnings("ignore", message=".*Sparse CSR tensor support is in beta.*")
-    warnings.filterwarnings("ignore", message=".*Sparse invariant checks are implicitly disabled.*")
-
-
-_quiet_sparse_warnings()
+def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, size) -> torch.Tensor:
+    """A CSR matrix from indices we built sorted (so no invariant checks), without beta warnings."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.sparse_csr_tensor(crow, col, values, size=size, check_invariants=False)

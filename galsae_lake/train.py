@@ -168,12 +168,12 @@ def evaluate(model: MatryoshkaSAE, X: np.ndarray, batch_size: int = ENCODE_BATCH
     G = len(model.group_sizes)
     sq_err = torch.zeros(G, dtype=torch.float64)
     nnz = 0
-    Xn = model.normalize(torch.from_numpy(np.asarray(X, dtype=np.float32))).double()
+    Xn = model.normalize(torch.tensor(np.asarray(X, dtype=np.float32))).double()
     dim_mean = Xn.mean(0)
     total_dev = float((Xn - dim_mean).pow(2).sum())
     scalar_var = float(Xn.var(unbiased=False))
     for start in range(0, len(X), batch_size):
-        xb = torch.from_numpy(np.asarray(X[start:start + batch_size], np.float32)).to(device)
+        xb = torch.tensor(np.asarray(X[start:start + batch_size], np.float32), device=device)
         codes = model.encode(xb)
         xn = model.normalize(xb)
         nnz += int((codes > 0).sum())
