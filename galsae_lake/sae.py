@@ -197,9 +197,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
                 encoder: str | None = None) -> SAEConfig:
     """A validated :class:`SAEConfig`: TOML file (else the shipped one), then ``--set`` overrides.
 
+    ``path`` is a TOML file or the name of a shipped config (``zoobot``, ``mae``, ``demo``).
     Without ``path``, the shipped config is ``mae_sae.toml`` for encoders whose name starts with
-    ``mae`` and ``zoobot_sae.toml`` otherwise; its ``input_dim`` then follows the embeddings
-    unless ``overrides`` set it.
+    ``mae`` and ``zoobot_sae.toml`` otherwise. A shipped config's ``input_dim`` follows the
+    embeddings unless ``overrides`` set it.
     """
     config = SAEConfig()
     if path is None:
@@ -207,7 +208,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
         path = configs_dir() / name
         shipped = True
     else:
-        shipped = False
+        path = Path(path)
+        shipped = not path.exists() and (configs_dir() / f"{path.name}_sae.toml").exists()
+        if shipped:  # a shipped config by name: zoobot, mae, demo
+            path = configs_dir() / f"{path.name}_sae.toml"
     path = Path(path)
     try:
         text = path.read_text()

@@ -234,13 +234,24 @@ def run_id_for(encoder: str, config: SAEConfig, split: str, ids: np.ndarray, X: 
 
 def train_sae(lake: Lake, encoder: str, config: SAEConfig | None = None, split: str = "train",
               config_path: str | None = None, overrides: list[str] | None = None,
-              progress: bool = True) -> str:
+              progress: bool = True, threads: int | None = None) -> str:
     """Train an SAE on ``embeddings`` of ``encoder`` (split ``split``) and write its tables.
 
-    ``config``: an :class:`SAEConfig`; else one is loaded from ``config_path`` (or the shipped
-    TOML for the encoder) with ``overrides`` (``["epochs=20", "training.batch_size=128"]``).
-    Returns the run id. Re-running with the same config and data replaces the same run.
+    ``config``: an :class:`SAEConfig`; else one is loaded from ``config_path`` (a TOML file or
+    a shipped config's name; default: the shipped TOML for the encoder) with ``overrides``
+    (``["epochs=20", "training.batch_size=128"]``). ``threads``: CPU threads for torch during
+    this call (on a busy shared machine 1 is often fastest). Returns the run id. Re-running
+    with the same config and data replaces the same run.
     """
+    if threads is not None:
+        if threads < 1:
+            raise InputError(f"threads must be at least 1, got {threads}")
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return train_sae(lake, encoder, config, split, config_path, overrides, progress)
+        finally:
+            torch.set_num_threads(before)
     if config is None:
         config = load_config(config_path, overrides, encoder=encoder)
     else:

@@ -97,6 +97,14 @@ def test_config_plain_dotted_and_toml_values(tmp_path):
     assert seed.input_dim == 384 and seed.total_latents == 2048 and seed.random_seed == 42
 
 
+def test_shipped_configs_by_name():
+    demo = load_config("demo", ["epochs=3"])
+    assert demo.total_latents == 512 and demo.epochs == 3 and demo.input_dim is None
+    assert load_config("mae").group_sizes == [64, 64, 128, 256, 512, 1024]
+    with pytest.raises(InputError, match="cannot read SAE config"):
+        load_config("no-such-config")
+
+
 def test_shipped_configs_are_the_seeds():
     zoobot = load_config(configs_dir() / "zoobot_sae.toml")
     mae = load_config(configs_dir() / "mae_sae.toml")
@@ -294,11 +302,15 @@ def test_normalization_is_fitted_on_train_only(trained):
     assert np.abs(model.mean.numpy() - np.vstack([train, test]).mean(0)).max() > 0.05
 
 
-def test_rerun_replaces_the_same_run(trained, tmp_path):
+def test_cli_rerun_replaces_the_same_run(trained):
     lake, run_id, splits = trained
-    again = train_sae(lake, "planted", overrides=SMALL, progress=False)
-    assert again == run_id
+    args = [item for setting in SMALL for item in ("--set", setting)]
+    result = CliRunner().invoke(main, ["--lake", str(lake.root), "train-sae", "--encoder",
+                                       "planted", "--quiet", "--threads", "1", *args])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == run_id  # same config and data: the same run, replaced
     assert lake.read("sae_runs").height == 1
+    assert lake.read("sae_features", run_id=run_id).height == 64
 
 
 # ---------------------------------------------------------------- bad input, through the CLI
