@@ -248,8 +248,8 @@ def resolve_device(name: str) -> torch.device:
 class MatryoshkaSAE(nn.Module):
     """Matryoshka BatchTopK SAE with the seed's parameters and orientation.
 
-    Parameters: ``W_enc`` [input_dim x latents], ``b_enc`` [latents], ``W_dec`` [latents x
-    input_dim], ``b_dec`` [input_dim]. Buffers: ``threshold`` (the inference threshold), ``mean``
+    Parameters: ``W_enc`` [input_dim x latents] (stored as its transpose ``W_enc_t``),
+    ``b_enc`` [latents], ``W_dec`` [latents x input_dim], ``b_dec`` [input_dim]. Buffers: ``threshold`` (the inference threshold), ``mean``
     and ``std`` (the input normalization), ``num_batches_not_active`` (training only).
     Inputs of :meth:`encode`/:meth:`encode_dense` are raw embeddings (normalized inside);
     :meth:`decode` and :meth:`forward` work in the normalized space.
@@ -267,15 +267,15 @@ class MatryoshkaSAE(nn.Module):
         # parameters in the seed's order (AdamW state follows it)
         self.b_dec = nn.Parameter(torch.zeros(d))
         self.b_enc = nn.Parameter(torch.zeros(n))
-        # stored column-major ([latents, input_dim] in memory): the sparse step builds its
-        # gradient latent by latent, and then needs no transposing copy
+        # the encoder is stored transposed, [latents x input_dim]: the sparse step builds its
+        # gradient latent by latent; ``W_enc`` is the seed's [input_dim x latents] view of it
         W_enc = nn.init.kaiming_uniform_(torch.empty(d, n))
-        self.W_enc = nn.Parameter(W_enc.t().contiguous().t())
+        self.W_enc_t = nn.Parameter(W_enc.t().contiguous())
         self.W_dec = nn.Parameter(nn.init.kaiming_uniform_(torch.empty(n, d)))
         with torch.no_grad():  # tied initialization, unit-norm decoder rows (the seed's)
             # row-major (the seed's clone of a transpose is column-major): the fused AdamW
             # kernel assumes a parameter and its gradient share strides
-            self.W_dec.data = self.W_enc.detach().t().clone(memory_format=torch.contiguous_format)
+            self.W_dec.data = self.W_enc_t.detach().clone()
             self.W_dec.data /= self.W_dec.data.norm(dim=-1, keepdim=True)
         self.register_buffer("num_batches_not_active", torch.zeros(n, dtype=torch.long))
         self.register_buffer("threshold", torch.zeros(()))
@@ -286,6 +286,11 @@ class MatryoshkaSAE(nn.Module):
         group_of = torch.repeat_interleave(torch.arange(len(self.group_sizes)),
                                            torch.tensor(self.group_sizes))
         self.register_buffer("group_of", group_of, persistent=False)
+
+    @property
+    def W_enc(self) -> torch.Tensor:
+        """The encoder weights in the seed's orientation, [input_dim x latents] (a view)."""
+        return self.W_enc_t.t()
 
     # ------------------------------------------------------------ inference
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
@@ -381,7 +386,8 @@ class MatryoshkaSAE(nn.Module):
             return
         W, grad = self.W_dec.data, self.W_dec.grad
         W.div_(torch.linalg.vector_norm(W, dim=-1, keepdim=True))
-        grad.sub_(torch.linalg.vecdot(grad, W).unsqueeze(-1) * W)
+        parallel = torch.bmm(grad.unsqueeze(1), W.unsqueeze(2)).squeeze(2)  # row-wise dot products
+        grad.addcmul_(parallel, W, value=-1)
 
     # ------------------------------------------------------------ checkpoint
     def save(self, folder: str | Path) -> None:
@@ -416,11 +422,12 @@ def sparse_loss_and_grads(model: MatryoshkaSAE, x: torch.Tensor) -> dict[str, An
     The same function as the seed's forward + backward (tests check it against
     :meth:`MatryoshkaSAE.forward` with autograd), computed with sparse arithmetic: BatchTopK keeps
     ``top_k * batch`` codes, so the decoder, its gradient and the reconstruction part of the
-    encoder's gradient are CSR products with only those codes. Only the encoder's forward
-    product and the auxiliary loss's dead columns are dense.
+    encoder's gradient only touch those codes (weighted sums of rows, ``embedding_bag``, and one
+    sampled product). Only the encoder's forward product and the auxiliary loss's dead columns
+    are dense.
 
-    Returns floats ``loss, mse, l1, aux, l0``, ``min_kept`` (the smallest kept activation, for
-    the inference threshold) and ``fired`` (bool [latents]).
+    Returns tensors ``loss, mse, l1, aux``, float ``l0``, ``min_kept`` (the smallest kept
+    activation, for the inference threshold) and ``fired`` (bool [latents]).
     """
     cfg = model.config
     B, d = x.shape
@@ -433,42 +440,47 @@ def sparse_loss_and_grads(model: MatryoshkaSAE, x: torch.Tensor) -> dict[str, An
         n_keep = min(cfg.top_k * B, flat.numel())
         # BatchTopK on the pre-activations: the same kept set as on ReLU(pre), minus non-positives
         z, idx = _batch_topk(model, flat, n_keep)
-        idx, perm = torch.sort(idx)  # row-major, so rows and (row, group) come sorted
+        idx, perm = torch.sort(idx)  # row-major, so (row, group) bags come sorted
         z = z[perm]
         if not bool(z.gt(0).all()):  # fewer positive activations than top_k * batch
             positive = z > 0
             idx, z = idx[positive], z[positive]
         rows, cols = idx // L, idx % L
         nnz = z.numel()
-        groups = model.group_of[cols]
-        rg = rows * G + groups
-        # A: [B*G, L] codes split by Matryoshka group, so A @ W_dec gives per-group contributions
-        crow = torch.zeros(B * G + 1, dtype=torch.long, device=x.device)
-        crow[1:] = torch.bincount(rg, minlength=B * G).cumsum(0)
-        A = _csr(crow, cols, z, size=(B * G, L))
-        # per-level errors: E_i = b_dec + sum_{g <= i} contrib_g - x
-        err = (A @ W_dec).view(B, G, d).cumsum(1).add_((b_dec - x)[:, None, :])
-        mse = err.square().sum() / err.numel()
+        rg = rows * G + model.group_of[cols]  # bag (row, Matryoshka group) of each code
+        offsets = torch.zeros(B * G, dtype=torch.long, device=x.device)
+        offsets[1:] = torch.bincount(rg, minlength=B * G)[:-1].cumsum(0)
+        # per-group contributions sum_j z_j W_dec[j]; then per-level errors, cumulated in place:
+        # E_i = b_dec + sum_{g <= i} contribution_g - x
+        err = F.embedding_bag(cols, W_dec, offsets, mode="sum", per_sample_weights=z).view(B, G, d)
+        err[:, 0] += b_dec - x
+        for g in range(1, G):
+            err[:, g] += err[:, g - 1]
+        mse = torch.linalg.vector_norm(err).square() / err.numel()
         l1 = cfg.l1_coeff * z.sum() / B
-        # gradient of the mean over levels of each level's mean squared error; group g feeds
-        # every level >= g: d_contrib_g = sum_{i >= g} dE_i = total - cumsum_g + dE_g
         err_last = err[:, -1].clone()  # x - recon = -E_last, for the auxiliary loss
-        d_err = err.mul_(2.0 / (G * B * d))
-        cum = d_err.cumsum(1)
-        d_contrib = cum[:, -1:].sub(cum).add_(d_err)
+        # gradient of the mean over levels of each level's mean squared error; group g feeds
+        # every level >= g, so its gradient is a reverse cumulative sum (in place)
+        d_contrib = err.mul_(2.0 / (G * B * d))
+        for g in range(G - 2, -1, -1):
+            d_contrib[:, g] += d_contrib[:, g + 1]
         grad_b_dec = d_contrib[:, 0].sum(0)
-        d_contrib = d_contrib.reshape(B * G, d)
-        grad_z = torch.sparse.sampled_addmm(A, d_contrib, W_dec.t(), beta=0.0).values()
-        grad_z = grad_z + cfg.l1_coeff / B
-        # transposed patterns (latent-major) for the decoder and encoder weight gradients
+        d_contrib = d_contrib.view(B * G, d)
+        # latent-major order of the codes, for the weight gradients
         order = torch.argsort(cols, stable=True)
+        cols_t, rg_t, rows_t, z_t = cols[order], rg[order], rows[order], z[order]
+        counts = torch.bincount(cols, minlength=L)
         crow_t = torch.zeros(L + 1, dtype=torch.long, device=x.device)
-        crow_t[1:] = torch.bincount(cols, minlength=L).cumsum(0)
-        A_t = _csr(crow_t, rg[order], z[order], size=(L, B * G))
-        grad_W_dec = A_t @ d_contrib
-        P_t = _csr(crow_t, rows[order], grad_z[order], size=(L, B))
-        grad_W_enc_t = P_t @ c  # [L, d]
-        grad_b_enc = torch.zeros(L, device=x.device, dtype=x.dtype).index_add_(0, cols, grad_z)
+        crow_t[1:] = counts.cumsum(0)
+        # d loss / d code = <d_contrib[bag], W_dec[latent]> (+ L1), sampled where codes are kept
+        A_t = _csr(crow_t, rg_t, z_t, size=(L, B * G))
+        grad_z_t = torch.sparse.sampled_addmm(A_t, W_dec, d_contrib.t(), beta=0.0).values()
+        grad_z_t = grad_z_t + cfg.l1_coeff / B
+        grad_W_dec = F.embedding_bag(rg_t, d_contrib, crow_t[:-1], mode="sum",
+                                     per_sample_weights=z_t)
+        grad_W_enc_t = F.embedding_bag(rows_t, c, crow_t[:-1], mode="sum",
+                                       per_sample_weights=grad_z_t)  # [L, d]
+        grad_b_enc = torch.zeros(L, device=x.device, dtype=x.dtype).index_add_(0, cols_t, grad_z_t)
         aux = torch.zeros((), device=x.device)
         dead = model.num_batches_not_active >= cfg.n_batches_to_dead
         dead_cols = dead.nonzero().squeeze(1)
@@ -491,14 +503,12 @@ def sparse_loss_and_grads(model: MatryoshkaSAE, x: torch.Tensor) -> dict[str, An
             g.mul_(dead_acts > 0)  # ReLU
             grad_W_enc_t.index_add_(0, dead_cols, g.t() @ c)
             grad_b_enc.index_add_(0, dead_cols, g.sum(0))
-        grad_b_dec -= W_enc @ grad_b_enc  # b_dec also enters the encoder (x - b_dec)
-        # the gradient gets the parameter's memory layout (the fused AdamW kernel needs it)
-        model.W_enc.grad = torch.empty_like(W_enc).copy_(grad_W_enc_t.t()) if W_enc.is_contiguous() else grad_W_enc_t.t()
+        grad_b_dec -= grad_b_enc @ model.W_enc_t  # b_dec also enters the encoder (x - b_dec)
+        model.W_enc_t.grad = grad_W_enc_t
         model.b_enc.grad = grad_b_enc
         model.W_dec.grad = grad_W_dec
         model.b_dec.grad = grad_b_dec
-        fired = torch.zeros(L, dtype=torch.bool, device=x.device)
-        fired[cols] = True
+        fired = counts > 0
         loss = mse + l1 + aux
     return {"loss": loss, "mse": mse, "l1": l1, "aux": aux, "l0": nnz / B,
             "min_kept": z.min() if nnz else torch.zeros((), device=x.device), "fired": fired}

@@ -167,7 +167,7 @@ def test_sparse_step_equals_the_seeds_dense_math(dead, top_k, shift):
         assert float(sparse[key]) == pytest.approx(float(out[ref_key].detach()), rel=tolerance)
     if dead > 4:
         assert float(sparse["aux"]) > 0
-    for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+    for name in ("W_enc_t", "b_enc", "W_dec", "b_dec"):
         torch.testing.assert_close(getattr(model, name).grad, getattr(reference, name).grad,
                                    rtol=1e-10, atol=1e-14)
     fired = out["feature_acts"].sum(0) > 0
@@ -178,6 +178,7 @@ def test_training_steps_follow_the_seeds_trajectory(one_thread):
     """Ten AdamW steps: sparse step + fused AdamW against autograd + the seed's plain AdamW."""
     model, reference = _pair(dead=0, dtype=torch.float32)
     assert model.W_enc.untyped_storage().data_ptr() != model.W_dec.untyped_storage().data_ptr()
+    assert model.W_enc.shape == (24, 64) and model.W_dec.shape == (64, 24)
     from galsae_lake.train import make_optimizer
     ours, _ = make_optimizer(model, model.config)
     seeds = torch.optim.AdamW(reference.parameters(), lr=model.config.learning_rate)
