@@ -456,7 +456,7 @@ def sparse_loss_and_grads(model: MatryoshkaSAE, x: torch.Tensor) -> dict[str, An
         err[:, 0] += b_dec - x
         for g in range(1, G):
             err[:, g] += err[:, g - 1]
-        mse = torch.linalg.vector_norm(err).square() / err.numel()
+        mse = (torch.linalg.vector_norm(err, dtype=torch.float64).square() / err.numel()).to(x.dtype)
         l1 = cfg.l1_coeff * z.sum() / B
         err_last = err[:, -1].clone()  # x - recon = -E_last, for the auxiliary loss
         # gradient of the mean over levels of each level's mean squared error; group g feeds

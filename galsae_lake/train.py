@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from galsae_lake.errors import InputError, LakeError
 from galsae_lake.lake import Lake, short_id, vectors
-from galsae_lake.sae import (MatryoshkaSAE, SAEConfig, encode_embeddings, load_config,
+from galsae_lake.sae import (NORM_EPS, MatryoshkaSAE, SAEConfig, encode_embeddings, load_config,
                              resolve_device, sparse_loss_and_grads)
 
 #: rows encoded at a time when writing activations and evaluating
@@ -168,7 +168,8 @@ def evaluate(model: MatryoshkaSAE, X: np.ndarray, batch_size: int = ENCODE_BATCH
     G = len(model.group_sizes)
     sq_err = torch.zeros(G, dtype=torch.float64)
     nnz = 0
-    Xn = model.normalize(torch.tensor(np.asarray(X, dtype=np.float32))).double()
+    raw = torch.tensor(np.asarray(X, dtype=np.float32))
+    Xn = ((raw - model.mean.cpu()) / (model.std.cpu() + NORM_EPS)).double()
     dim_mean = Xn.mean(0)
     total_dev = float((Xn - dim_mean).pow(2).sum())
     scalar_var = float(Xn.var(unbiased=False))
