@@ -439,9 +439,7 @@ def sparse_loss_and_grads(model: MatryoshkaSAE, x: torch.Tensor) -> dict[str, An
         flat = pre.view(-1)
         n_keep = min(cfg.top_k * B, flat.numel())
         # BatchTopK on the pre-activations: the same kept set as on ReLU(pre), minus non-positives
-        z, idx = _batch_topk(model, flat, n_keep)
-        idx, perm = torch.sort(idx)  # row-major, so (row, group) bags come sorted
-        z = z[perm]
+        z, idx = _batch_topk(model, flat, n_keep)  # idx ascending: (row, group) bags in order
         if not bool(z.gt(0).all()):  # fewer positive activations than top_k * batch
             positive = z > 0
             idx, z = idx[positive], z[positive]
@@ -456,7 +454,7 @@ def sparse_loss_and_grads(model: MatryoshkaSAE, x: torch.Tensor) -> dict[str, An
         err[:, 0] += b_dec - x
         for g in range(1, G):
             err[:, g] += err[:, g - 1]
-        mse = (torch.linalg.vector_norm(err, dtype=torch.float64).square() / err.numel()).to(x.dtype)
+        mse = err.square().mean()  # torch's cascaded sum, as the seed's per-level means
         l1 = cfg.l1_coeff * z.sum() / B
         err_last = err[:, -1].clone()  # x - recon = -E_last, for the auxiliary loss
         # gradient of the mean over levels of each level's mean squared error; group g feeds
@@ -515,20 +513,26 @@ def sparse_loss_and_grads(model: MatryoshkaSAE, x: torch.Tensor) -> dict[str, An
 
 
 def _batch_topk(model: MatryoshkaSAE, flat: torch.Tensor, n_keep: int):
-    """``torch.topk(flat, n_keep)``, on CPU first narrowed to the values above a bound.
+    """The ``n_keep`` largest values of ``flat`` and their indices, indices ascending.
 
-    The bound is 0.9 x the previous batch's smallest kept value; when at least ``n_keep`` values
-    exceed it, the top ``n_keep`` are all among them and a topk over those few is exact.
+    Exactly ``torch.topk``'s selection. On CPU it first narrows to the values above a bound,
+    0.9 x the previous batch's smallest kept value: when at least ``n_keep`` values exceed it,
+    the largest ``n_keep`` are among them, found with a selection (no sort) in index order.
     """
     hint = getattr(model, "_topk_hint", None)
     z = idx = None
     if hint is not None and flat.device.type == "cpu":
-        candidates = (flat > hint).nonzero().squeeze(1)
+        candidates = (flat > hint).nonzero().squeeze(1)  # ascending
         if candidates.numel() >= n_keep:
-            z, picked = torch.topk(flat[candidates], n_keep, sorted=False)
-            idx = candidates[picked]
+            values = flat[candidates]
+            kth = torch.kthvalue(values, values.numel() - n_keep + 1).values
+            keep = values >= kth
+            if int(keep.sum()) == n_keep:  # no ties at the boundary: exactly topk's set
+                z, idx = values[keep], candidates[keep]
     if z is None:
         z, idx = torch.topk(flat, n_keep, sorted=False)
+        idx, perm = torch.sort(idx)
+        z = z[perm]
     smallest = float(z.min()) if z.numel() else 0.0
     model._topk_hint = 0.9 * smallest if smallest > 0 else None
     return z, idx
