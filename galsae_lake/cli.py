@@ -237,3 +237,37 @@ def figures(ctx: click.Context, model_id: str, out: str | None, formats: str, sp
                            top=top, log=log)
     for path in written:
         click.echo(str(path))
+
+
+# ---- sae ----
+@main.command("train-sae", epilog=example(
+    "galsae-lake train-sae --encoder zoobot-synth --config demo --set epochs=20"))
+@click.option("--encoder", required=True, help="Train on the embeddings of this encoder.")
+@click.option("--config", "config_path",
+              help="A TOML config (the seed's keys and sections) or a shipped one by name: "
+                   "zoobot, mae, demo [default: mae for mae* encoders, else zoobot].")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config key (plain or section-dotted, TOML value); repeatable.")
+@click.option("--split", default="train", show_default=True,
+              help="The split to fit the normalization and train on.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads for torch [default: torch's own]; 1 is often fastest on a busy machine.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.pass_context
+def train_sae_command(ctx: click.Context, encoder: str, config_path: str | None,
+                      overrides: tuple[str, ...], split: str, threads: int | None,
+                      quiet: bool) -> None:
+    """Train a Matryoshka BatchTopK SAE on one encoder's embeddings.
+
+    Writes sae_runs, sae_training_log, sae_activations (every split) and sae_features, and the
+    checkpoint folder models/sae/RUN_ID (model.safetensors + config.json). Prints the run id.
+    """
+    from galsae_lake.train import train_sae
+
+    lake = lake_of(ctx)
+    run_id = train_sae(lake, encoder, split=split, config_path=config_path,
+                       overrides=list(overrides), progress=not quiet, threads=threads)
+    metrics = json.loads(lake.read("sae_runs").filter(pl.col("run_id") == run_id)["metrics"][0])
+    click.echo(f"fvu {metrics['fvu']:.4f} on {metrics['split']}, L0 {metrics['l0']:.1f}, "
+               f"dead {metrics['dead_fraction']:.3f}, threshold {metrics['threshold']:.4f}", err=True)
+    click.echo(run_id)
