@@ -137,6 +137,142 @@ def sql(ctx: click.Context, query: str, fmt: str, output: str | None) -> None:
     write_frame(relation.pl(), fmt, output, lake)
 
 
+# ---- sources ----
+@main.command(epilog=example("galsae-lake --lake /tmp/galsae-demo synth --n 500 --seed 1"))
+@click.option("--n", "n", type=int, default=2000, show_default=True, help="Galaxies to make.")
+@click.option("--image-size", type=int, default=64, show_default=True, help="Cutout size, pixels.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed (same seed, same lake).")
+@click.option("--test-fraction", type=float, default=0.2, show_default=True,
+              help="Share of galaxies in the test split.")
+@click.pass_context
+def synth(ctx: click.Context, n: int, image_size: int, seed: int, test_fraction: float) -> None:
+    """Make N synthetic Euclid-like galaxies with planted morphology and simulated volunteers.
+
+    Fills galaxies, images (PNG), votes (catalog volunteers) and truth (the planted factors).
+    """
+    from galsae_lake.sources.synthetic import synthesize
+
+    summary = synthesize(lake_of(ctx), n, image_size=image_size, seed=seed,
+                         test_fraction=test_fraction, progress=True)
+    splits = ", ".join(f"{k} {v}" for k, v in summary["splits"].items())
+    click.echo(f"synth: {summary['galaxies']} galaxies ({splits}); wrote galaxies, images, "
+               f"votes[catalog=volunteers], truth")
+
+
+@main.group(cls=Group, epilog=example("galsae-lake ingest votes --help"))
+def ingest():
+    """Bring galaxies, votes or embeddings from outside into the lake."""
+
+
+@ingest.command("hf", epilog=example(
+    "galsae-lake ingest hf --dataset mwalmsley/gz_euclid --splits test --limit 1000"))
+@click.option("--dataset", default="mwalmsley/gz_euclid", show_default=True,
+              help="Hugging Face dataset name, or a local folder in the same shape.")
+@click.option("--config", default=None, help="Dataset configuration name.")
+@click.option("--splits", default="train,test", show_default=True, help="Comma-separated splits.")
+@click.option("--limit", type=int, default=None, help="At most this many galaxies per split.")
+@click.option("--catalog", default="volunteers", show_default=True, help="votes catalog to write.")
+@click.pass_context
+def ingest_hf_command(ctx: click.Context, dataset: str, config: str | None, splits: str,
+                      limit: int | None, catalog: str) -> None:
+    """Stream a Galaxy Zoo dataset's galaxies, images and votes into the lake."""
+    from galsae_lake.sources.huggingface import ingest_hf
+
+    names = tuple(s.strip() for s in splits.split(",") if s.strip())
+    summary = ingest_hf(lake_of(ctx), dataset, config=config, splits=names, limit=limit,
+                        catalog=catalog, progress=True)
+    parts = ", ".join(f"{k} {v}" for k, v in summary["splits"].items())
+    click.echo(f"ingest hf: {summary['source']} ({parts}); wrote galaxies, images, "
+               f"votes[catalog={catalog}]" + (f"; {summary['images_missing']} images missing"
+                                              if summary["images_missing"] else ""))
+
+
+@ingest.command("votes", epilog=example(
+    "galsae-lake synth --n 200\n"
+    "  galsae-lake sql \"SELECT id_str, any_value(fraction) FILTER (label = 'bar_strong') AS "
+    "bar_strong_fraction FROM votes GROUP BY id_str\" --format parquet -o bars.parquet\n"
+    "  galsae-lake ingest votes bars.parquet --catalog bars"))
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--catalog", default="volunteers", show_default=True, help="votes catalog to write.")
+@click.option("--id-column", default="id_str", show_default=True)
+@click.option("--split-column", default="split", show_default=True,
+              help="Column naming each galaxy's split (else the lake's galaxies decide).")
+@click.option("--split", type=click.Choice(["train", "test"]), default=None,
+              help="Put every row in this split.")
+@click.pass_context
+def ingest_votes_command(ctx: click.Context, file: str, catalog: str, id_column: str,
+                         split_column: str, split: str | None) -> None:
+    """Read Galaxy Zoo votes or predicted fractions (Parquet or CSV, one row per galaxy)."""
+    from galsae_lake.sources.files import ingest_votes
+
+    summary = ingest_votes(lake_of(ctx), file, catalog=catalog, id_column=id_column,
+                           split_column=split_column, split=split)
+    parts = ", ".join(f"{k} {v}" for k, v in summary["splits"].items())
+    click.echo(f"ingest votes: {summary['galaxies']} galaxies ({parts}); wrote votes[catalog={catalog}]"
+               + (f"; {summary['unmatched']} ids not in the lake skipped" if summary["unmatched"] else ""))
+
+
+# ---- figures ----
+@main.command(epilog=example(
+    "galsae-lake figures --model sae-zoobot-synth-3f9a2c --format html,png --top 8"))
+@click.option("--model", "model_id", required=True,
+              help="An SAE run_id or a pca_id that `galsae-lake analyze` has analyzed.")
+@click.option("--out", type=click.Path(file_okay=False),
+              help="Output folder [default: <lake>/figures/<model>].")
+@click.option("--format", "formats", default="html,png", show_default=True,
+              help="Comma-separated: html (offline report and feature browser), png, svg.")
+@click.option("--split", default="test", show_default=True, help="The analyzed split to draw.")
+@click.option("--top", default=8, show_default=True, type=click.IntRange(min=0),
+              help="Gallery files for this many features (most frequent first).")
+@click.pass_context
+def figures(ctx: click.Context, model_id: str, out: str | None, formats: str, split: str,
+            top: int) -> None:
+    """Draw a model's figures from the lake: alignment and novelty distributions (SAE vs PCA),
+    Matryoshka reconstruction, explained variance, training curves, galleries, feature browser."""
+    from galsae_lake.figures import make_figures
+
+    lake = lake_of(ctx)
+    log = lambda line: click.echo(line, err=True)  # noqa: E731
+    written = make_figures(lake, model_id, out=out, formats=formats.split(","), split=split,
+                           top=top, log=log)
+    for path in written:
+        click.echo(str(path))
+
+
+# ---- sae ----
+@main.command("train-sae", epilog=example(
+    "galsae-lake train-sae --encoder zoobot-synth --config demo --set epochs=20"))
+@click.option("--encoder", required=True, help="Train on the embeddings of this encoder.")
+@click.option("--config", "config_path",
+              help="A TOML config (the seed's keys and sections) or a shipped one by name: "
+                   "zoobot, mae, demo [default: mae for mae* encoders, else zoobot].")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a config key (plain or section-dotted, TOML value); repeatable.")
+@click.option("--split", default="train", show_default=True,
+              help="The split to fit the normalization and train on.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads for torch [default: torch's own]; 1 is often fastest on a busy machine.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.pass_context
+def train_sae_command(ctx: click.Context, encoder: str, config_path: str | None,
+                      overrides: tuple[str, ...], split: str, threads: int | None,
+                      quiet: bool) -> None:
+    """Train a Matryoshka BatchTopK SAE on one encoder's embeddings.
+
+    Writes sae_runs, sae_training_log, sae_activations (every split) and sae_features, and the
+    checkpoint folder models/sae/RUN_ID (model.safetensors + config.json). Prints the run id.
+    """
+    from galsae_lake.train import train_sae
+
+    lake = lake_of(ctx)
+    run_id = train_sae(lake, encoder, split=split, config_path=config_path,
+                       overrides=list(overrides), progress=not quiet, threads=threads)
+    metrics = json.loads(lake.read("sae_runs").filter(pl.col("run_id") == run_id)["metrics"][0])
+    click.echo(f"fvu {metrics['fvu']:.4f} on {metrics['split']}, L0 {metrics['l0']:.1f}, "
+               f"dead {metrics['dead_fraction']:.3f}, threshold {metrics['threshold']:.4f}", err=True)
+    click.echo(run_id)
+
+
 # ---- analysis ----
 @main.command(epilog=example("galsae-lake pca --encoder zoobot-synth --n-components 64"))
 @click.option("--encoder", required=True, help="Encoder whose embeddings to decompose.")

@@ -295,6 +295,10 @@ class Lake:
         return self.root / MODELS / check_partition_value("kind", kind) / check_partition_value(
             "name", name)
 
+    def figures_dir(self, model_id: str) -> Path:
+        """Where ``galsae-lake figures`` writes a model's figures: ``<root>/figures/<model_id>``."""
+        return self.root / "figures" / check_partition_value("model_id", model_id)
+
     def partitions(self, table: str, **filters: Any) -> list[dict[str, str]]:
         """The partitions that hold data, as ``{key: value}``, optionally filtered by key."""
         spec = table_spec(table)

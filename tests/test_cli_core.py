@@ -1,0 +1,116 @@
+"""The CLI shell: `tables`, `sql`, and the one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pytest
+
+from galsae_lake.lake import Lake, vector_array
+from lakeutil import assert_one_line_error, cli, lake_hash, run_cli
+
+
+@pytest.fixture()
+def lake(tmp_path):
+    lake = Lake(tmp_path / "lake")
+    matrix = np.arange(12, dtype=np.float32).reshape(4, 3)
+    with lake.transaction("test") as tx:
+        tx.write("galaxies", pl.DataFrame({
+            "id_str": ["a", "b", "c", "d"], "source": "test", "ra": [1.0, 2.0, 3.0, 4.0],
+            "dec": [None, 0.5, 0.5, 0.5], "split": ["train", "train", "test", "test"]}))
+        tx.write("embeddings", pa.table({"id_str": ["a", "b", "c", "d"],
+                                         "embedding": vector_array(matrix)}),
+                 partition={"encoder": "enc", "split": "train"})
+    return lake
+
+
+def test_tables_lists_rows_partitions_and_size(lake):
+    result = cli("tables", "--format", "json", lake=lake.root)
+    assert result.exit_code == 0, result.output
+    rows = {row["table"]: row for row in json.loads(result.output)}
+    assert rows["galaxies"]["rows"] == 4 and rows["galaxies"]["partitions"] == 2
+    assert rows["embeddings"]["rows"] == 4 and rows["embeddings"]["bytes"] > 0
+    assert rows["votes"]["rows"] == 0
+    text = cli("tables", lake=lake.root).output
+    assert "galaxies" in text and ("KB" in text or " B" in text)
+
+
+def test_sql_formats(lake, tmp_path):
+    query = "SELECT split, count(*) AS n FROM galaxies GROUP BY split ORDER BY split"
+    result = cli("sql", query, "--format", "csv", lake=lake.root)
+    assert result.output.splitlines() == ["split,n", "test,2", "train,2"]
+    result = cli("sql", query, "--format", "json", lake=lake.root)
+    assert json.loads(result.output) == [{"split": "test", "n": 2}, {"split": "train", "n": 2}]
+    assert "train" in cli("sql", query, lake=lake.root).output
+    out = tmp_path / "result.parquet"
+    result = cli("sql", query, "--format", "parquet", "--output", out, lake=lake.root)
+    assert result.exit_code == 0
+    assert pl.read_parquet(out)["n"].to_list() == [2, 2]
+    result = cli("sql", "SELECT len(embedding) AS d, typeof(embedding) AS t FROM embeddings LIMIT 1",
+                 "--format", "csv", lake=lake.root)
+    assert result.output.splitlines()[1] == "3,FLOAT[3]"
+    result = cli("sql", "-", "--format", "csv", lake=lake.root, input="SELECT 42 AS x")
+    assert result.output.splitlines() == ["x", "42"]
+
+
+@pytest.mark.parametrize("statement, words", [
+    ("COPY galaxies TO 'stolen.csv'", ["refused a COPY"]),
+    ("CREATE TABLE t AS SELECT 1", ["refused a CREATE"]),
+    ("INSERT INTO galaxies VALUES ('x', 's', 1, 1)", ["refused a INSERT"]),
+    ("ATTACH 'other.duckdb'", ["refused a ATTACH"]),
+    ("SELECT 1; DROP VIEW galaxies", ["refused a DROP"]),
+    ("SET enable_external_access = false", ["refused a SET"]),
+    ("SELEC * FROM galaxies", ["syntax error"]),
+    ("SELECT * FROM no_such_table", ["no_such_table"]),
+])
+def test_sql_never_modifies_the_lake(lake, statement, words):
+    before = lake_hash(lake.root)
+    assert_one_line_error(cli("sql", statement, lake=lake.root), *words)
+    assert lake_hash(lake.root) == before
+
+
+def test_sql_output_inside_the_lake_is_refused(lake):
+    before = lake_hash(lake.root)
+    result = cli("sql", "SELECT 1", "--format", "csv", "--output", lake.root / "x.csv",
+                 lake=lake.root)
+    assert_one_line_error(result, "inside the lake")
+    assert lake_hash(lake.root) == before
+
+
+def test_parquet_needs_output(lake):
+    result = cli("sql", "SELECT 1", "--format", "parquet", lake=lake.root)
+    assert result.exit_code == 2
+
+
+def test_lake_that_is_a_file(tmp_path):
+    afile = tmp_path / "lake"
+    afile.write_text("not a lake")
+    assert_one_line_error(cli("tables", lake=afile), "is a file")
+
+
+def test_newer_lake_version_in_a_real_process(lake):
+    sidecar = lake.root / "galaxies" / "_table.json"
+    info = json.loads(sidecar.read_text())
+    info["schema_version"] = 99
+    sidecar.write_text(json.dumps(info))
+    for args in (["tables"], ["sql", "SELECT 1"]):
+        assert_one_line_error(run_cli(*args, lake=lake.root), "schema version 99")
+
+
+def test_every_command_help_has_an_example():
+    from galsae_lake.cli import main
+
+    def walk(group, prefix):
+        for name, command in group.commands.items():
+            yield [*prefix, name], command
+            if hasattr(command, "commands"):
+                yield from walk(command, [*prefix, name])
+
+    for path, command in walk(main, []):
+        result = cli(*path, "--help")
+        assert result.exit_code == 0
+        assert "Example:" in result.output, path
+        assert "galsae-lake" in result.output.split("Example:")[1], path
