@@ -539,12 +539,14 @@ def analyze(lake: Lake, model_id: str, split: str = DEFAULT_SPLIT, catalog: str 
             exclude_question: str = gz.PRIMARY_QUESTION, permutations: int = DEFAULT_PERMUTATIONS,
             seed: int = 0, seed_variant: bool = False, skip_empty_labels: bool = False,
             engine: str = "numpy", threads: int | None = None, memory_limit: str = "2GB",
-            dense_codes: Callable[[Lake, Model, np.ndarray], np.ndarray] | None = None
-            ) -> dict[str, Any]:
+            dense_codes: Callable[[Lake, Model, np.ndarray], np.ndarray] | None = None,
+            workers: int = 1) -> dict[str, Any]:
     """Write feature_label_corr, feature_summary and label_null for (model_id, split).
 
     ``seed_variant`` adds method ``sae_relu``: the seed's dense ReLU activations of the same SAE
-    (pre-activation > 0, no top-k), computed from the split's embeddings. Returns a summary dict.
+    (pre-activation > 0, no top-k), computed from the split's embeddings. ``threads`` is DuckDB's
+    (default: all cores); ``workers`` the threads over row sets in numpy (default 1: the GIL-bound
+    parts made two slower than one in measurements). Returns a summary dict.
     """
     started = time.perf_counter()
     if permutations < 0:
@@ -564,14 +566,14 @@ def analyze(lake: Lake, model_id: str, split: str = DEFAULT_SPLIT, catalog: str 
     con.execute("SET temp_directory = $dir", {"dir": spill.name})  # sorts past the limit spill here
     try:
         return _analyze(lake, con, model, split, catalog, exclude_question, permutations, seed,
-                        seed_variant, skip_empty_labels, engine, threads, dense_codes, started)
+                        seed_variant, skip_empty_labels, engine, workers, dense_codes, started)
     finally:
         con.close()
         spill.cleanup()
 
 
 def _analyze(lake, con, model, split, catalog, exclude_question, permutations, seed,
-             seed_variant, skip_empty_labels, engine, threads, dense_codes, started):
+             seed_variant, skip_empty_labels, engine, workers, dense_codes, started):
     model_id = model.model_id
     ids = split_ids(lake, model.encoder, split)
     all_labels = label_matrix(lake, ids, split, catalog, con)
@@ -589,8 +591,7 @@ def _analyze(lake, con, model, split, catalog, exclude_question, permutations, s
     labels = all_labels[voted]
     codes = read_codes(lake, model, split, rows_of_split, ids, con)
     timings = {"read": time.perf_counter() - started}
-    threads = int(threads or os.cpu_count() or 1)
-    results = [compute(codes, labels, permutations, seed, engine, threads)]
+    results = [compute(codes, labels, permutations, seed, engine, workers)]
     del codes
     timings["compute"] = time.perf_counter() - started - timings["read"]
     if seed_variant:
@@ -598,7 +599,7 @@ def _analyze(lake, con, model, split, catalog, exclude_question, permutations, s
                                encoder=model.encoder, split=split))
         dense = (dense_codes or dense_relu_activations)(lake, model, X)
         relu = Codes.from_dense("sae_relu", dense[voted], frequency_rows=dense)
-        results.append(compute(relu, labels, permutations, seed, engine, threads))
+        results.append(compute(relu, labels, permutations, seed, engine, workers))
     mark = time.perf_counter()
     tables = summarize(con, results, exclude_question)
     timings["summarize"] = time.perf_counter() - mark
