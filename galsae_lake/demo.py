@@ -110,20 +110,22 @@ def summarize(lake: Lake, result: DemoResult, split: str = "test", top: int = 5)
     rows = []
     for encoder, ids in result.models.items():
         for kind in ("sae", "pca"):
-            summary = con.sql(
-                "SELECT count(*) AS features, avg(max_abs_spearman) AS mean_max_abs_rho, "
-                "avg(max_abs_spearman_secondary) AS mean_max_abs_rho_secondary, "
-                "median(novelty) AS median_novelty "
+            summary = con.execute(
+                "SELECT count(*) AS features, "
+                "avg(max_abs_spearman) FILTER (WHERE frequency_rank < 64) AS top64, "
+                "avg(max_abs_spearman_secondary) FILTER (WHERE frequency_rank < 64) AS top64_2nd, "
+                "avg(max_abs_spearman) AS live, median(novelty) AS median_novelty "
                 "FROM feature_summary WHERE model_id = $id AND split = $split AND method = $kind "
                 "AND frequency > 0",
-                params={"id": ids[kind], "split": split, "kind": kind}).fetchone()
-            null = con.sql("SELECT median(null_q95) FROM label_null WHERE model_id = $id "
-                           "AND split = $split AND method = $kind",
-                           params={"id": ids[kind], "split": split, "kind": kind}).fetchone()[0]
+                {"id": ids[kind], "split": split, "kind": kind}).fetchall()[0]
+            null = con.execute("SELECT median(null_q95) FROM label_null WHERE model_id = $id "
+                               "AND split = $split AND method = $kind",
+                               {"id": ids[kind], "split": split, "kind": kind}).fetchall()[0][0]
             rows.append({"encoder": encoder, "method": kind, "model_id": ids[kind],
-                         "features": summary[0], "mean_max_abs_rho": summary[1],
-                         "mean_max_abs_rho_secondary": summary[2], "median_novelty": summary[3],
-                         "median_null_max_abs_rho": null})
+                         "live_features": summary[0], "top64": summary[1],
+                         "top64_no_smooth": summary[2],
+                         "all_live": summary[3], "median_novelty": summary[4],
+                         "null_q95": null})
         result.top_features[encoder] = con.sql(
             "SELECT feature, round(frequency, 3) AS frequency, round(max_abs_spearman, 3) AS "
             "max_abs_rho, best_label, round(max_abs_spearman_secondary, 3) AS max_abs_rho_2nd, "
@@ -192,8 +194,12 @@ def _truth_matrix(lake: Lake, ids: np.ndarray, split: str, factors: list[str]) -
 def format_summary(result: DemoResult) -> str:
     """The demo's closing report as plain text."""
     lines = [f"galsae-lake demo: {result.n} synthetic galaxies, "
-             f"{sum(v for k, v in result.seconds.items()):.0f} s in all", ""]
-    lines.append("Alignment with Galaxy Zoo labels on the test split (live features):")
+             f"{sum(result.seconds.values()):.0f} s in all", ""]
+    lines.append("Alignment with Galaxy Zoo labels on the test split: mean over features of the "
+                 "max |Spearman rho| with any label")
+    lines.append("(top64: the 64 most frequent SAE features or the 64 PCA components, as the seed "
+                 "compares them; top64_no_smooth: without smooth-or-featured; null_q95: the 95th "
+                 "percentile of the best feature's |rho| with shuffled votes)")
     with pl.Config(tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True,
                    float_precision=3, tbl_width_chars=160, tbl_rows=100, tbl_cols=-1,
                    fmt_str_lengths=40):
@@ -211,11 +217,12 @@ def format_summary(result: DemoResult) -> str:
             for row in outside.iter_rows(named=True):
                 if row["sae_novelty_rank"] is None:
                     continue
-                share = (row["sae_novelty_rank"] + 1) / max(row["live_features"], 1)
+                more_novel = row["sae_novelty_rank"] / max(row["live_features"], 1)
                 lines.append(f"  {row['what']} (not in the GZ tree): best SAE feature "
-                             f"{row['sae_feature']} (|rho| {row['sae_abs_rho']:.2f}) has novelty "
-                             f"{row['sae_novelty']:.2f}, in the top {100 * share:.0f}% most "
-                             f"novel of {row['live_features']} live features")
+                             f"{row['sae_feature']} (|rho| {row['sae_abs_rho']:.2f}), novelty "
+                             f"{row['sae_novelty']:.2f}, novelty rank {row['sae_novelty_rank']} of "
+                             f"{row['live_features']} live features ({100 * more_novel:.0f}% are "
+                             f"more novel)")
     lines += ["", "Figures and feature browsers:"]
     lines += [f"  {encoder}: {folder}/browser.html" for encoder, folder in result.figures.items()]
     return "\n".join(lines)
