@@ -1,0 +1,227 @@
+"""The bad-input matrix: every mistake ends in one clear line, exit != 0, and the lake is
+byte-for-byte unchanged (a hash of every file under the lake before and after)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pytest
+
+from galsae_lake.lake import Lake, vector_array
+from lakeutil import assert_one_line_error, cli, lake_hash
+
+DIM = 16
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """A small lake with every stage: synth, embeddings, an SAE, a PCA, analyses."""
+    root = tmp_path_factory.mktemp("bad") / "lake"
+    files = root.parent / "files"
+    files.mkdir()
+    assert cli("synth", "--n", "300", "--seed", "3", lake=root).exit_code == 0
+    lake = Lake(root)
+    rng = np.random.default_rng(0)
+    frames = []
+    for split in ("train", "test"):
+        ids = lake.read("galaxies", split=split)["id_str"].to_list()
+        frames.append(pl.DataFrame({"id_str": ids, "split": split,
+                                    "embedding": rng.standard_normal((len(ids), DIM)).tolist()}))
+    good = files / "toy.parquet"
+    pl.concat(frames).write_parquet(good)
+    assert cli("ingest", "embeddings", good, "--encoder", "toy", lake=root).exit_code == 0
+    result = cli("train-sae", "--encoder", "toy", "--config", "demo", "--set", "input_dim=16",
+                 "--set", "group_sizes=[16,16]", "--set", "top_k=4", "--set", "epochs=2",
+                 "--quiet", lake=root)
+    assert result.exit_code == 0, result.output
+    run_id = result.output.strip().splitlines()[-1].split()[-1]
+    result = cli("pca", "--encoder", "toy", "--n-components", "8", lake=root)
+    assert result.exit_code == 0, result.output
+    assert cli("analyze", "--model", run_id, "--skip-empty-labels", "--permutations", "2",
+               lake=root).exit_code == 0
+    return root, files, run_id
+
+
+def write_bytes(path, data: bytes):
+    path.write_bytes(data)
+    return path
+
+
+def embeddings_file(files, name, matrix, ids=None, split="train"):
+    ids = ids if ids is not None else [f"x{i}" for i in range(len(matrix))]
+    frame = pl.DataFrame({"id_str": ids, "split": split, "embedding": np.asarray(matrix).tolist()})
+    path = files / name
+    frame.write_parquet(path)
+    return path
+
+
+def case_nan_embeddings(root, files, run_id):
+    matrix = np.ones((4, DIM))
+    matrix[2, 3] = np.nan
+    return ["ingest", "embeddings", embeddings_file(files, "nan.parquet", matrix),
+            "--encoder", "other"], ["nan"]
+
+
+def case_inf_embeddings(root, files, run_id):
+    matrix = np.ones((4, DIM))
+    matrix[1, 0] = np.inf
+    return ["ingest", "embeddings", embeddings_file(files, "inf.parquet", matrix),
+            "--encoder", "other"], ["inf"]
+
+
+def case_wrong_dimension(root, files, run_id):
+    return ["ingest", "embeddings", embeddings_file(files, "dim.parquet", np.ones((3, DIM + 1))),
+            "--encoder", "toy"], ["already has 16-d"]
+
+
+def case_duplicate_ids(root, files, run_id):
+    return ["ingest", "embeddings", embeddings_file(files, "dup.parquet", np.ones((3, DIM)),
+                                                    ids=["a", "b", "a"]),
+            "--encoder", "other"], ["duplicate"]
+
+
+def case_missing_id_column(root, files, run_id):
+    path = files / "noid.csv"
+    path.write_text("name,smooth-or-featured-euclid_smooth_fraction\nx,0.5\n")
+    return ["ingest", "votes", path, "--split", "train"], ["id"]
+
+
+def case_empty_split(root, files, run_id):
+    path = files / "empty.csv"
+    path.write_text("id_str,split,smooth-or-featured-euclid_smooth_fraction\n")
+    return ["ingest", "votes", path], ["empty"]
+
+
+def case_unknown_split(root, files, run_id):
+    path = files / "split.csv"
+    path.write_text("id_str,split,smooth-or-featured-euclid_smooth_fraction\nx,validation,0.5\n")
+    return ["ingest", "votes", path], ["split"]
+
+
+def case_wrong_dtype(root, files, run_id):
+    path = files / "dtype.csv"
+    path.write_text("id_str,smooth-or-featured-euclid_smooth_fraction\nx,lots\ny,0.5\n")
+    return ["ingest", "votes", path, "--split", "train"], []
+
+
+def case_labels_match_nothing(root, files, run_id):
+    path = files / "nolabels.csv"
+    path.write_text("id_str,colour,size\nx,red,3\n")
+    return ["ingest", "votes", path, "--split", "train"], ["label"]
+
+
+def case_fraction_out_of_range(root, files, run_id):
+    path = files / "range.csv"
+    path.write_text("id_str,smooth-or-featured-euclid_smooth_fraction\nx,1.5\n")
+    return ["ingest", "votes", path, "--split", "train"], []
+
+
+def case_all_nan_label(root, files, run_id):
+    # a catalog where only smooth-or-featured was asked: every other label is NaN everywhere
+    ids = Lake(root).read("galaxies", split="test")["id_str"].to_list()
+    path = files / "partial.csv"
+    pl.DataFrame({"id_str": ids, "smooth-or-featured_smooth_fraction": 0.5,
+                  "smooth-or-featured_featured-or-disk_fraction": 0.5}).write_csv(path)
+    assert cli("ingest", "votes", path, "--catalog", "partial", "--split", "test",
+               lake=root).exit_code == 0
+    return ["analyze", "--model", run_id, "--catalog", "partial", "--permutations", "0"], [
+        "nan everywhere"]
+
+
+def case_unknown_encoder(root, files, run_id):
+    return ["embed", "--encoder", "no-such-encoder"], ["no-such-encoder"]
+
+
+def case_corrupt_images(root, files, run_id):
+    # a lake whose every image is corrupt: nothing can be embedded, nothing is zero-filled
+    return ["--lake", str(files / "corrupt-lake"), "embed", "--encoder", "zoobot-synth"], [
+        "could be decoded"]
+
+
+def case_unknown_model(root, files, run_id):
+    return ["analyze", "--model", "sae-nope-000000"], ["unknown model"]
+
+
+def case_figures_unknown_model(root, files, run_id):
+    return ["figures", "--model", "pca-nope-000000"], ["nope"]
+
+
+def case_invalid_toml(root, files, run_id):
+    path = files / "bad.toml"
+    path.write_text("[training\nepochs = 3\n")
+    return ["train-sae", "--encoder", "toy", "--config", path], ["toml"]
+
+
+def case_unknown_config_key(root, files, run_id):
+    return ["train-sae", "--encoder", "toy", "--set", "learning_rat=0.1"], ["learning_rat"]
+
+
+def case_k_too_large(root, files, run_id):
+    return ["train-sae", "--encoder", "toy", "--set", "group_sizes=[8,8]",
+            "--set", "top_k=32"], ["top_k"]
+
+
+def case_missing_embeddings(root, files, run_id):
+    return ["train-sae", "--encoder", "nobody"], ["nobody"]
+
+
+def case_sql_syntax(root, files, run_id):
+    return ["sql", "SELEKT 1"], ["syntax"]
+
+
+def case_sql_write(root, files, run_id):
+    return ["sql", f"COPY galaxies TO '{root}/galaxies/split=train/data.parquet'"], ["refused"]
+
+
+def case_sql_delete(root, files, run_id):
+    return ["sql", "DROP VIEW galaxies"], ["refused"]
+
+
+def case_synth_zero(root, files, run_id):
+    return ["synth", "--n", "0"], ["at least"]
+
+
+CASES = [value for name, value in sorted(globals().items()) if name.startswith("case_")]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.__name__[5:] for c in CASES])
+def test_bad_input_leaves_the_lake_unchanged(built, case):
+    root, files, run_id = built
+    if case is case_corrupt_images:
+        corrupt = Lake(files / "corrupt-lake")
+        if not corrupt.exists("images"):
+            with corrupt.transaction("test") as tx:
+                tx.write("images", pa.table({"id_str": ["a", "b"],
+                                             "image": [b"not a png", b"\x89PNG\r\n\x1a\n broken"]}),
+                         partition={"split": "train"})
+    args, words = case(root, files, run_id)
+    lake_args = [] if args[0] == "--lake" else ["--lake", str(root)]
+    target = args[1] if args[0] == "--lake" else root
+    before = lake_hash(target)
+    result = cli(*lake_args, *[str(a) for a in args])
+    assert_one_line_error(result, *words)
+    assert lake_hash(target) == before, f"{case.__name__} changed the lake"
+
+
+def test_the_matrix_is_large_enough():
+    assert len(CASES) >= 15
+
+
+def test_newer_schema_version_is_refused_by_every_writer(built, tmp_path):
+    import shutil
+
+    root, files, run_id = built
+    copy = tmp_path / "lake"
+    shutil.copytree(root, copy)
+    sidecar = copy / "embeddings" / "_table.json"
+    info = json.loads(sidecar.read_text())
+    info["schema_version"] = 2
+    sidecar.write_text(json.dumps(info))
+    before = lake_hash(copy)
+    for args in (["train-sae", "--encoder", "toy"], ["pca", "--encoder", "toy"],
+                 ["sql", "SELECT 1"], ["tables"]):
+        assert_one_line_error(cli(*args, lake=copy), "schema version 2")
+    assert lake_hash(copy) == before
