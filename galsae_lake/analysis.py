@@ -147,83 +147,96 @@ class _Block:
     feature: np.ndarray    # block-local feature of each entry (int32)
     row: np.ndarray
     value: np.ndarray
-    group_start: np.ndarray    # index of the first entry of the entry's tie group
-    group_end: np.ndarray      # index one past its last entry
-    feature_start: np.ndarray  # index of the first entry of the entry's feature
-    negatives: bool            # any negative code (SAE codes are all positive)
+    bounds: np.ndarray     # [F + 1] index of each feature's first entry (int64)
+    tie: np.ndarray        # entries in a tie group of two or more (rare for float codes)
+    tie_start: np.ndarray  # index of the first entry of each such entry's tie group
+    tie_end: np.ndarray    # index one past its last entry
+    negatives: bool        # any negative code (SAE codes are all positive)
 
     @classmethod
     def of(cls, codes: Codes, first: int, end: int, start: int, stop: int) -> "_Block":
         f = codes.feature[start:stop] - first
         v = codes.value[start:stop]
         m = len(f)
-        index = np.arange(m, dtype=np.int32)
-        new_group = np.ones(m, bool)
-        if m:
-            new_group[1:] = (f[1:] != f[:-1]) | (v[1:] != v[:-1])
-        group_start = np.maximum.accumulate(np.where(new_group, index, 0)).astype(np.int32)
-        last = np.ones(m, bool)
-        if m:
-            last[:-1] = new_group[1:]
-        group_end = np.minimum.accumulate(np.where(last, index + 1, m)[::-1])[::-1].astype(np.int32)
         bounds = np.concatenate(([0], np.cumsum(np.bincount(f, minlength=end - first))))
-        return cls(first, end - first, f, codes.row[start:stop], v, group_start, group_end,
-                   bounds[f].astype(np.int32), bool((v < 0).any()))
+        same = np.zeros(m, bool)  # entry equals the one before it, in the same feature
+        if m:
+            same[1:] = (f[1:] == f[:-1]) & (v[1:] == v[:-1])
+        tied = same.copy()
+        tied[:-1] |= same[1:]
+        tie = np.flatnonzero(tied)
+        if len(tie):
+            opens = ~same[tie]  # the first entry of each tie group
+            group = np.cumsum(opens) - 1
+            starts = tie[opens]
+            ends = np.append(tie[np.flatnonzero(opens)[1:] - 1] + 1, tie[-1] + 1)
+            tie_start, tie_end = starts[group], ends[group]
+        else:
+            tie_start = tie_end = tie
+        return cls(first, end - first, f, codes.row[start:stop], v, bounds, tie,
+                   tie_start, tie_end, bool((v < 0).any()))
 
     def ranks(self, mask: np.ndarray, position: np.ndarray):
         """Average ranks of the block's features within the rows of ``mask``.
 
-        Returns (kf, kc, dr, var_f): the local feature and the set position (``position[row]``) of
-        each entry inside the set, its rank minus the rank of the feature's zero block (implicit
-        zeros are one tie group, below positives and above negatives), and each feature's sum of
-        squared centred ranks over the set. Ranks are half-integers: the work is done on twice
-        the rank, in exact integers.
+        Returns (kf, kc, dr, var_f, nnz): the local feature and the set position
+        (``position[row]``) of each entry inside the set (grouped by feature), its rank minus the
+        rank of the feature's zero block (implicit zeros are one tie group, below positives and
+        above negatives), each feature's sum of squared centred ranks over the set, and its
+        entries in the set. Ranks are half-integers: the work is done on twice the rank, in exact
+        integers. Without ties an entry's rank among its feature's kept entries is its index
+        among them; only entries of tie groups need a look-up.
         """
         n_set = int(mask.sum())
         F = self.F
-        if n_set == len(mask):  # every row: positions are counts already
+        if n_set == len(mask):  # every row: kept indices are entry indices
+            keep = idx = None
             kf, kv, rows = self.feature, self.value, self.row
-            twice = self.group_start + self.group_end
-            twice -= 2 * self.feature_start
+            starts = self.bounds
         else:
             keep = mask[self.row]
-            # kept entries before each position: ranks within the set are differences of these
-            kept_before = np.zeros(len(keep) + 1, np.int32)
-            np.cumsum(keep, out=kept_before[1:])
             idx = np.flatnonzero(keep)
-            del keep
-            # mean rank of a tie group = entries before it + (its size + 1) / 2
-            twice = kept_before[self.group_start[idx]]
-            twice += kept_before[self.group_end[idx]]
-            twice -= 2 * kept_before[self.feature_start[idx]]
-            del kept_before
-            kf, kv, rows = self.feature[idx], self.value[idx], self.row[idx]
-        nnz = np.bincount(kf, minlength=F)
+            kf, rows = self.feature[idx], self.row[idx]
+            kv = self.value[idx] if self.negatives else None
+            starts = np.searchsorted(idx, self.bounds)  # kept entries before each feature
+        nnz = np.diff(starts)
+        m = len(kf)
+        # 2 b + t: b kept entries of the feature below the entry's tie group, t in it (t = 1
+        # without ties): twice the average rank among the feature's kept entries, minus one
+        twice = np.arange(m, dtype=np.int64)
+        twice -= np.repeat(starts[:-1], nnz)
+        twice *= 2
+        twice += 1
+        ties = np.zeros(F)  # sum over kept tie groups of t^3 - t, per feature
+        if len(self.tie):
+            if idx is None:
+                at, low, high = self.tie, self.tie_start, self.tie_end
+            else:
+                sel = keep[self.tie]
+                at = np.searchsorted(idx, self.tie[sel])  # kept_before(x) = searchsorted(idx, x)
+                low = np.searchsorted(idx, self.tie_start[sel])
+                high = np.searchsorted(idx, self.tie_end[sel])
+            size = high - low
+            twice[at] = low + high - 2 * starts[kf[at]]
+            ties = np.bincount(kf[at], weights=(size * size - 1).astype(np.float64), minlength=F)
         zeros = n_set - nnz
+        # sum of squared centred average ranks: (n^3 - n - sum over tie groups of t^3 - t) / 12,
+        # the zeros one group; n^3 - z^3 as (n - z)(n^2 + n z + z^2), without cancellation
+        n64, z64 = float(n_set), zeros.astype(np.float64)
+        var_f = (nnz * (n64 * n64 + n64 * z64 + z64 * z64) - nnz - ties) / 12.0
         if self.negatives and not zeros.any():  # dense codes (PCA): no zero block at all
             twice -= n_set        # twice the centred rank
-            centred = twice.astype(np.float64)
-            var_f = np.bincount(kf, weights=centred * centred, minlength=F) / 4.0
-            dr = centred * 0.5    # any constant shift works: centred label ranks sum to 0
+            dr = twice * 0.5      # any constant shift works: centred label ranks sum to 0
         elif self.negatives:
-            twice += 1
             negative = np.bincount(kf[kv < 0], minlength=F)
-            twice += np.where(kv > 0, 2 * zeros[kf], 0).astype(twice.dtype)
+            twice += 1
+            twice += np.where(kv > 0, 2 * zeros[kf], 0)
             twice_zero = 2 * negative + zeros + 1
-            centred = (twice - (n_set + 1)).astype(np.float64)
-            var_f = (np.bincount(kf, weights=centred * centred, minlength=F)
-                     + zeros * (twice_zero - (n_set + 1)).astype(np.float64) ** 2) / 4.0
             dr = (twice - twice_zero[kf]) * 0.5
         else:  # all codes positive (SAE): every entry ranks above the zero block (2 z + 1 higher)
-            zk = zeros.astype(twice.dtype)[kf]
-            twice += zk           # twice the rank minus twice the zero block's rank, minus 1 + z
+            twice += np.repeat(zeros, nnz)
             dr = twice * 0.5      # (rank - zero_rank): the zero block sits at (z + 1) / 2
-            twice += zk
-            twice -= n_set        # twice the centred rank: 2 * (rank - (n + 1) / 2)
-            centred = twice.astype(np.float64)
-            var_f = (np.bincount(kf, weights=centred * centred, minlength=F)
-                     + zeros * (zeros - n_set).astype(np.float64) ** 2) / 4.0
-        return kf, position[rows], dr, var_f
+        return kf, position[rows], dr, var_f, nnz
 
 
 def _csr(kf: np.ndarray, kr: np.ndarray, data: np.ndarray, F: int, n_cols: int):
@@ -239,8 +252,9 @@ DENSE_SHARE = 0.1
 class _CodeMatrix:
     """A [features x rows] matrix of code entries: frequent features dense (BLAS), the rest CSR."""
 
-    def __init__(self, kf, kc, dr, F: int, n_cols: int, float32: bool):
-        counts = np.bincount(kf, minlength=F)
+    def __init__(self, kf, kc, dr, F: int, n_cols: int, float32: bool,
+                 counts: np.ndarray | None = None):
+        counts = np.bincount(kf, minlength=F) if counts is None else counts.copy()
         self.F = F
         self.dense_features = np.flatnonzero(counts > DENSE_SHARE * n_cols)
         self.dense = np.zeros((len(self.dense_features), n_cols))
@@ -312,8 +326,8 @@ def spearman(codes: Codes, labels: np.ndarray, permutations: int = 0, seed: int 
         set_null = np.zeros((permutations, width))
         for i, span in enumerate(spans):
             block = blocks[i] if blocks is not None else _Block.of(codes, *span)
-            kf, kc, dr, var_f = block.ranks(mask, position)
-            A = _CodeMatrix(kf, kc, dr, block.F, n_set, float32=permutations > 0)
+            kf, kc, dr, var_f, nnz = block.ranks(mask, position)
+            A = _CodeMatrix(kf, kc, dr, block.F, n_set, float32=permutations > 0, counts=nnz)
             del kf, kc, dr
             denominator = np.sqrt(np.outer(var_f, var_l))
             valid = denominator > 0
