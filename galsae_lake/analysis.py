@@ -35,6 +35,8 @@ from typing import Any, Callable
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import scipy.linalg
 import scipy.sparse
 import scipy.stats
@@ -246,32 +248,33 @@ def _csr(kf: np.ndarray, kr: np.ndarray, data: np.ndarray, F: int, n_cols: int):
 
 
 #: features non-zero on more than this share of a set's rows are multiplied as a dense matrix
-DENSE_SHARE = 0.1
+#: (measured at 35,000 rows: 0.3 beat 0.1 and all-sparse for SAE codes; PCA is all dense)
+DENSE_SHARE = 0.3
 
 
 class _CodeMatrix:
-    """A [features x rows] matrix of code entries: frequent features dense (BLAS), the rest CSR."""
+    """A [features x rows] matrix of code entries: frequent features dense (BLAS), the rest CSR.
+
+    Entries come grouped by feature (``counts`` per feature), so each dense feature is one slice.
+    """
 
     def __init__(self, kf, kc, dr, F: int, n_cols: int, float32: bool,
                  counts: np.ndarray | None = None):
-        counts = np.bincount(kf, minlength=F) if counts is None else counts.copy()
+        counts = np.bincount(kf, minlength=F) if counts is None else counts
+        starts = np.concatenate(([0], np.cumsum(counts)))
+        is_dense = counts > DENSE_SHARE * n_cols
         self.F = F
-        self.dense_features = np.flatnonzero(counts > DENSE_SHARE * n_cols)
+        self.dense_features = np.flatnonzero(is_dense)
         self.dense = np.zeros((len(self.dense_features), n_cols))
-        if len(self.dense_features) == F:  # every feature dense (PCA): no CSR part
-            self.dense.reshape(-1)[kf.astype(np.int64) * n_cols + kc] = dr
-            kc, dr = kc[:0], dr[:0]
-            counts[:] = 0
-        elif len(self.dense_features):
-            local = np.full(F, -1)
-            local[self.dense_features] = np.arange(len(self.dense_features))
-            slot = local[kf]
-            in_dense = slot >= 0
-            self.dense.reshape(-1)[slot[in_dense] * n_cols + kc[in_dense]] = dr[in_dense]
-            keep = ~in_dense
-            kc, dr = kc[keep], dr[keep]
-            counts[self.dense_features] = 0
-        indptr = np.concatenate(([0], np.cumsum(counts)))
+        for i, f in enumerate(self.dense_features):
+            self.dense[i, kc[starts[f]:starts[f + 1]]] = dr[starts[f]:starts[f + 1]]
+        if len(self.dense_features):
+            sparse_entries = np.repeat(~is_dense, counts)
+            kc, dr = kc[sparse_entries], dr[sparse_entries]
+            counts = np.where(is_dense, 0, counts)
+        index = np.int32 if len(kc) < 2**31 and n_cols < 2**31 else np.int64
+        indptr = np.concatenate(([0], np.cumsum(counts))).astype(index)
+        kc = kc.astype(index, copy=False)  # same index type: scipy would copy to convert
         # built directly in each precision: .astype() would sort the indices first, needlessly
         self.sparse = scipy.sparse.csr_matrix((dr, kc, indptr), shape=(F, n_cols))
         self.dense32 = self.dense.astype(np.float32) if float32 else None
@@ -285,6 +288,10 @@ class _CodeMatrix:
         if len(self.dense_features):
             out[self.dense_features] += dense @ X
         return out
+
+
+#: bytes of shuffled label ranks kept for reuse across feature blocks (else rebuilt per block)
+SHUFFLE_CACHE_BYTES = 256 * 2**20
 
 
 def spearman(codes: Codes, labels: np.ndarray, permutations: int = 0, seed: int = 0,
@@ -315,14 +322,27 @@ def spearman(codes: Codes, labels: np.ndarray, permutations: int = 0, seed: int 
         n_set = int(mask.sum())
         if n_set <= MIN_ROWS:
             return
-        position = np.cumsum(mask, dtype=np.int64) - 1  # row -> column of the set's matrices
+        position = np.cumsum(mask, dtype=np.int32) - 1  # row -> column of the set's matrices
         ranks = scipy.stats.rankdata(labels[mask][:, cols], axis=0) - (n_set + 1) / 2.0
         var_l = (ranks ** 2).sum(axis=0)
         width = len(cols)
         rng = np.random.default_rng(streams[s])
-        shuffles = [rng.permutation(n_set) for _ in range(permutations)]
+        shuffles = np.array([rng.permutation(n_set) for _ in range(permutations)], np.int32)
         per_call = max(1, 64 // width)  # shuffled label columns per product: bounds memory
         ranks32 = np.ascontiguousarray(ranks, np.float32)
+        cache = len(spans) == 1 or n_set * permutations * width * 4 <= SHUFFLE_CACHE_BYTES
+        batches: dict[int, np.ndarray] = {}
+
+        def shuffled(p0: int) -> np.ndarray:
+            """[n_set x (batch * width)] label ranks, permutation by permutation (one gather)."""
+            if p0 in batches:
+                return batches[p0]
+            batch = ranks32[shuffles[p0:p0 + per_call]]  # [batch x n_set x width]
+            out = np.ascontiguousarray(batch.transpose(1, 0, 2)).reshape(n_set, -1)
+            if cache:
+                batches[p0] = out
+            return out
+
         set_null = np.zeros((permutations, width))
         for i, span in enumerate(spans):
             block = blocks[i] if blocks is not None else _Block.of(codes, *span)
@@ -342,8 +362,7 @@ def spearman(codes: Codes, labels: np.ndarray, permutations: int = 0, seed: int 
             inverse = np.where(valid, 1.0 / safe, 0.0).astype(np.float32)  # 0: rho is 0 there
             for p0 in range(0, permutations, per_call):
                 batch = shuffles[p0:p0 + per_call]
-                shuffled = np.hstack([ranks32[perm] for perm in batch])
-                scaled = A.times(shuffled, float32=True).reshape(len(var_f), len(batch), width)
+                scaled = A.times(shuffled(p0), float32=True).reshape(len(var_f), len(batch), width)
                 np.abs(scaled, out=scaled)
                 scaled *= inverse[:, None, :]
                 best = np.minimum(scaled.max(axis=0), 1.0)
@@ -452,14 +471,60 @@ def split_ids(lake: Lake, encoder: str, split: str) -> np.ndarray:
     return ids.column("id_str").to_numpy(zero_copy_only=False).astype(object)
 
 
+def _rows_in(column: pa.ChunkedArray, ids: pa.Array) -> np.ndarray:
+    """Index in ``ids`` of each value of a string column (-1 where absent), via its dictionary.
+
+    Read with ``read_dictionary``, a Parquet string column comes as dictionary chunks: only the
+    dictionary (one entry per distinct value) is looked up, then its indices are gathered.
+    """
+    parts = []
+    for chunk in column.chunks:
+        if not pa.types.is_dictionary(chunk.type):
+            chunk = chunk.dictionary_encode()
+        lookup = pc.index_in(chunk.dictionary, value_set=ids).fill_null(-1).to_numpy()
+        lookup = np.append(lookup.astype(np.int64), -1)  # the last slot: NULL values
+        indices = chunk.indices.fill_null(len(lookup) - 1).to_numpy().astype(np.int64)
+        parts.append(lookup[indices])
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
+def _read(lake: Lake, table: str, columns: list[str], dictionary: list[str], **filters) -> pa.Table:
+    """Columns of the table's partition files, string keys as dictionaries (no partition keys)."""
+    parts = [pq.read_table(path, columns=columns, read_dictionary=dictionary)
+             for path in lake.files(table, **filters)]
+    return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+
+
+def _float_column(table: pa.Table, name: str, dtype) -> np.ndarray:
+    """A numeric column as numpy ``dtype``, NULL as NaN."""
+    column = table.column(name)
+    if column.null_count:
+        column = column.cast(pa.float64()).fill_null(np.nan)
+    return np.asarray(column.to_numpy(), dtype)
+
+
 def label_matrix(lake: Lake, ids: np.ndarray, split: str, catalog: str,
-                 con: duckdb.DuckDBPyConnection) -> np.ndarray:
-    """[galaxies x 46] vote fractions in gz.LABEL_NAMES order, NaN where missing or not asked."""
+                 con: duckdb.DuckDBPyConnection, engine: str = "numpy") -> np.ndarray:
+    """[galaxies x 46] vote fractions in gz.LABEL_NAMES order, NaN where missing or not asked.
+
+    ``engine="sql"`` joins with sql/label_values.sql; the default reads the Parquet files with
+    pyarrow and maps ids through the files' string dictionaries (same result, ~5x faster).
+    """
     if not lake.exists("votes", catalog=catalog, split=split):
         have = sorted({p["catalog"] + "/" + p["split"] for p in lake.partitions("votes")})
         raise InputError(f"no votes for split {split!r} in catalog {catalog!r}"
                          + (f" (votes exist for {', '.join(have)})" if have else
                             "; ingest votes first (galsae-lake ingest votes FILE)"))
+    matrix = np.full((len(ids), len(gz.LABEL_NAMES)), np.nan)
+    if engine != "sql":
+        votes = _read(lake, "votes", ["id_str", "label", "fraction"], ["id_str", "label"],
+                      catalog=catalog, split=split)
+        row = _rows_in(votes.column("id_str"), pa.array(ids, pa.string()))
+        label = _rows_in(votes.column("label"), pa.array(gz.LABEL_NAMES, pa.string()))
+        fraction = _float_column(votes, "fraction", np.float64)
+        keep = (row >= 0) & (label >= 0) & ~np.isnan(fraction)
+        matrix[row[keep], label[keep]] = fraction[keep]
+        return matrix
     con.register("split_ids", pa.table({"id_str": pa.array(ids, pa.string()),
                                         "row": pa.array(np.arange(len(ids), dtype=np.int32))}))
     con.register("label_names", pa.table({
@@ -468,22 +533,42 @@ def label_matrix(lake: Lake, ids: np.ndarray, split: str, catalog: str,
     con.execute(f"CREATE OR REPLACE TEMP VIEW votes_source AS SELECT * FROM "
                 f"{lake.duckdb_source('votes', catalog=catalog, split=split)}")
     long = con.sql(query("label_values")).to_arrow_table()  # (fetchnumpy would import pandas)
-    matrix = np.full((len(ids), len(gz.LABEL_NAMES)), np.nan)
     matrix[long.column("row").to_numpy(), long.column("label_index").to_numpy()] = \
         long.column("fraction").to_numpy()
     return matrix
 
 
 def read_codes(lake: Lake, model: Model, split: str, rows_of_split: np.ndarray, ids: np.ndarray,
-               con: duckdb.DuckDBPyConnection) -> Codes:
-    """The model's non-zero codes on ``split`` (sql/analysis_codes.sql), rows re-indexed.
+               con: duckdb.DuckDBPyConnection, engine: str = "numpy") -> Codes:
+    """The model's non-zero codes on ``split``, rows re-indexed, sorted by (feature, value).
 
     ``rows_of_split[i]`` is the analysis row of the split's i-th galaxy, or -1 if it has no votes.
+    ``engine="sql"`` joins with sql/analysis_codes.sql; the default reads the Parquet files with
+    pyarrow (ids mapped through the files' string dictionaries; same result, ~4x faster).
     """
     table, key = ("sae_activations", "run_id") if model.kind == "sae" else ("pca_scores", "pca_id")
     if not lake.exists(table, **{key: model.model_id, "split": split}):
         raise InputError(f"{table} has no rows for {model.model_id!r} on split {split!r}")
     feature, value = ("feature", "activation") if model.kind == "sae" else ("component", "score")
+    n_rows = int(rows_of_split.max()) + 1 if len(rows_of_split) else 1
+    if engine != "sql":
+        data = _read(lake, table, ["id_str", feature, value], ["id_str"],
+                     **{key: model.model_id, "split": split})
+        at = _rows_in(data.column("id_str"), pa.array(ids, pa.string()))
+        f = np.asarray(data.column(feature).fill_null(-1).to_numpy(), np.int64)
+        v = _float_column(data, value, np.float32)
+        del data
+        # the rules of sql/analysis_codes.sql: galaxies of the split, non-zero, not NaN, in range
+        keep = (at >= 0) & (v != 0) & ~np.isnan(v) & (f >= 0) & (f < model.n_features)
+        f, v = f[keep].astype(np.int32), v[keep]
+        r = rows_of_split[at[keep]].astype(np.int32)
+        del at, keep
+        frequency = np.bincount(f, minlength=model.n_features) / max(len(ids), 1)
+        voted = r >= 0
+        if not voted.all():  # galaxies without votes count for frequency only
+            f, r, v = f[voted], r[voted], v[voted]
+        f, r, v = sort_codes(f, r, v, n_rows)
+        return Codes(model.kind, model.n_features, f, r, v, frequency)
     source = lake.duckdb_source(table, **{key: model.model_id, "split": split})
     con.execute(f'CREATE OR REPLACE TEMP VIEW codes_source AS SELECT id_str, "{feature}" AS '
                 f'feature, "{value}" AS value FROM {source}')
@@ -498,7 +583,7 @@ def read_codes(lake: Lake, model: Model, split: str, rows_of_split: np.ndarray, 
     voted = r >= 0
     if not voted.all():  # galaxies without votes count for frequency only
         f, r, v = f[voted], r[voted], v[voted]
-    f, r, v = sort_codes(f, r, v, int(rows_of_split.max()) + 1 if len(rows_of_split) else 1)
+    f, r, v = sort_codes(f, r, v, n_rows)
     return Codes(model.kind, model.n_features, f, r, v, frequency)
 
 
@@ -621,7 +706,7 @@ def _analyze(lake, con, model, split, catalog, exclude_question, permutations, s
              seed_variant, skip_empty_labels, engine, workers, dense_codes, started):
     model_id = model.model_id
     ids = split_ids(lake, model.encoder, split)
-    all_labels = label_matrix(lake, ids, split, catalog, con)
+    all_labels = label_matrix(lake, ids, split, catalog, con, engine)
     voted = ~np.isnan(all_labels).all(axis=1)
     if not voted.any():
         raise InputError(f"no votes for split {split!r} in catalog {catalog!r} match the "
@@ -634,7 +719,7 @@ def _analyze(lake, con, model, split, catalog, exclude_question, permutations, s
     rows_of_split = np.full(len(ids), -1, np.int64)
     rows_of_split[voted] = np.arange(int(voted.sum()))
     labels = all_labels[voted]
-    codes = read_codes(lake, model, split, rows_of_split, ids, con)
+    codes = read_codes(lake, model, split, rows_of_split, ids, con, engine)
     timings = {"read": time.perf_counter() - started}
     results = [compute(codes, labels, permutations, seed, engine, workers)]
     del codes
