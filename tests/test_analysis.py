@@ -488,3 +488,10 @@ def test_pyarrow_readers_equal_the_sql_readers(tmp_path):
     for name in ("feature", "row", "value", "frequency"):
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
     assert a.row.max() < 25 and a.feature.max() < 12 and (a.value != 0).all()
+
+
+def test_average_ranks_equal_rankdata():
+    rng = np.random.default_rng(3)
+    X = np.column_stack([rng.integers(0, 11, 500) / 10.0, rng.normal(size=500),
+                         np.full(500, 0.5), rng.integers(0, 2, 500) * 1.0])
+    np.testing.assert_array_equal(analysis.average_ranks(X), scipy.stats.rankdata(X, axis=0))
