@@ -402,7 +402,9 @@ def test_cli_label_without_votes_is_an_error_unless_skipped(tmp_path):
     assert (corr["spearman"] == 0).all() and (corr["n"] == 0).all()
 
 
-def test_feature_blocks_give_the_same_numbers():
+@pytest.mark.parametrize("cache_bytes", [analysis.SHUFFLE_CACHE_BYTES, 0])
+def test_feature_blocks_give_the_same_numbers(monkeypatch, cache_bytes):
+    monkeypatch.setattr(analysis, "SHUFFLE_CACHE_BYTES", cache_bytes)  # 0: rebuilt per block
     dense, labels = random_problem(4)
     codes = Codes.from_dense("sae", dense)
     whole = spearman(codes, labels, permutations=3, seed=1)
