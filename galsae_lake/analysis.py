@@ -291,7 +291,7 @@ class _CodeMatrix:
 
 
 #: bytes of shuffled label ranks kept for reuse across feature blocks (else rebuilt per block)
-SHUFFLE_CACHE_BYTES = 256 * 2**20
+SHUFFLE_CACHE_BYTES = 768 * 2**20
 
 
 def spearman(codes: Codes, labels: np.ndarray, permutations: int = 0, seed: int = 0,
@@ -312,7 +312,8 @@ def spearman(codes: Codes, labels: np.ndarray, permutations: int = 0, seed: int 
     n = (~np.isnan(labels)).sum(axis=0).astype(np.int64)
     null = np.zeros((permutations, L))
     spans = feature_blocks(codes, block_entries)
-    blocks = [_Block.of(codes, *span) for span in spans] if len(spans) == 1 else None
+    # built once, shared by every row set (about 4 bytes per code entry: the local features)
+    blocks = [_Block.of(codes, *span) for span in spans]
     masks, set_of_label = label_row_sets(labels)
     streams = np.random.SeedSequence(seed).spawn(len(masks))
 
@@ -344,8 +345,7 @@ def spearman(codes: Codes, labels: np.ndarray, permutations: int = 0, seed: int 
             return out
 
         set_null = np.zeros((permutations, width))
-        for i, span in enumerate(spans):
-            block = blocks[i] if blocks is not None else _Block.of(codes, *span)
+        for block in blocks:
             kf, kc, dr, var_f, nnz = block.ranks(mask, position)
             A = _CodeMatrix(kf, kc, dr, block.F, n_set, float32=permutations > 0, counts=nnz)
             del kf, kc, dr
