@@ -16,12 +16,14 @@ run or ``pca_scores`` of a PCA) and the split's ``votes``, and writes, for parti
   shuffled (``--permutations`` times), beside the observed max (``sql/label_null.sql``): a 2,048-
   feature SAE gets more chances than 64 PCA components, and the null says how much.
 
-How the work is split: SQL (``sql/``) reads and joins the inputs, sorts codes, and assembles the
-summary, the null and the comparison; numpy does the ranks within each label's row set and the
-two large contractions (sparse codes times label ranks, and times an orthonormal basis of the
-label matrix), which DuckDB can only do as 100M-row joins. The pure-SQL version of the Spearman
-matrix (``sql/feature_label_corr.sql``, ``engine="sql"``) gives the same numbers and is tested
-against scipy; it is the readable reference, the numpy engine the fast default.
+How the work is split: pyarrow reads the codes and votes (ids mapped through the Parquet string
+dictionaries; ``sql/analysis_codes.sql`` and ``sql/label_values.sql`` do the same join for
+``engine="sql"``, tested equal); SQL assembles the summary, the null and the comparison; numpy
+does the ranks within each label's row set and the two large contractions (sparse codes times
+label ranks, and times an orthonormal basis of the label matrix), which DuckDB can only do as
+100M-row joins. The pure-SQL version of the Spearman matrix (``sql/feature_label_corr.sql``,
+``engine="sql"``) gives the same numbers and is tested against scipy; it is the readable
+reference, the numpy engine the fast default.
 """
 
 from __future__ import annotations
@@ -252,6 +254,10 @@ def _csr(kf: np.ndarray, kr: np.ndarray, data: np.ndarray, F: int, n_cols: int):
 DENSE_SHARE = 0.3
 
 
+#: sets with more rows than this are multiplied in row order (their label matrices exceed the cache)
+BY_ROW_ROWS = 100_000
+
+
 class _CodeMatrix:
     """A [features x rows] matrix of code entries: frequent features dense (BLAS), the rest CSR.
 
@@ -273,13 +279,24 @@ class _CodeMatrix:
             kc, dr = kc[sparse_entries], dr[sparse_entries]
             counts = np.where(is_dense, 0, counts)
         index = np.int32 if len(kc) < 2**31 and n_cols < 2**31 else np.int64
-        indptr = np.concatenate(([0], np.cumsum(counts))).astype(index)
-        kc = kc.astype(index, copy=False)  # same index type: scipy would copy to convert
+        if n_cols > BY_ROW_ROWS:
+            # CSC, entries in row order: the product streams through the rows of X once and
+            # scatters into the small [F x columns] result, instead of jumping between rows
+            # of an X far larger than the cache (a feature's entries are in value order)
+            order = np.argsort(kc)
+            local = np.repeat(np.arange(F, dtype=index), counts)[order]
+            dr = dr[order]
+            indptr = np.concatenate(([0], np.cumsum(np.bincount(kc, minlength=n_cols))))
+            indptr = indptr.astype(index)
+            make = lambda data: scipy.sparse.csc_matrix((data, local, indptr), shape=(F, n_cols))
+        else:
+            indptr = np.concatenate(([0], np.cumsum(counts))).astype(index)
+            kc = kc.astype(index, copy=False)  # same index type: scipy would copy to convert
+            make = lambda data: scipy.sparse.csr_matrix((data, kc, indptr), shape=(F, n_cols))
         # built directly in each precision: .astype() would sort the indices first, needlessly
-        self.sparse = scipy.sparse.csr_matrix((dr, kc, indptr), shape=(F, n_cols))
+        self.sparse = make(dr)
         self.dense32 = self.dense.astype(np.float32) if float32 else None
-        self.sparse32 = scipy.sparse.csr_matrix((dr.astype(np.float32), kc, indptr),
-                                                shape=(F, n_cols)) if float32 else None
+        self.sparse32 = make(dr.astype(np.float32)) if float32 else None
 
     def times(self, X: np.ndarray, float32: bool = False) -> np.ndarray:
         """self @ X [F x columns]: float64, or float32 (for the null) with ``float32``."""

@@ -402,12 +402,18 @@ def test_cli_label_without_votes_is_an_error_unless_skipped(tmp_path):
     assert (corr["spearman"] == 0).all() and (corr["n"] == 0).all()
 
 
-@pytest.mark.parametrize("cache_bytes", [analysis.SHUFFLE_CACHE_BYTES, 0])
-def test_feature_blocks_give_the_same_numbers(monkeypatch, cache_bytes):
-    monkeypatch.setattr(analysis, "SHUFFLE_CACHE_BYTES", cache_bytes)  # 0: rebuilt per block
+@pytest.mark.parametrize("cache_bytes, by_row", [(analysis.SHUFFLE_CACHE_BYTES, False), (0, True)])
+def test_feature_blocks_give_the_same_numbers(monkeypatch, cache_bytes, by_row):
     dense, labels = random_problem(4)
     codes = Codes.from_dense("sae", dense)
+    reference = spearman(codes, labels, permutations=3, seed=1)
+    monkeypatch.setattr(analysis, "SHUFFLE_CACHE_BYTES", cache_bytes)  # 0: rebuilt per block
+    if by_row:  # every set multiplied in row order (CSC), as large sets are
+        monkeypatch.setattr(analysis, "BY_ROW_ROWS", 0)
     whole = spearman(codes, labels, permutations=3, seed=1)
+    assert np.abs(whole[0] - seed_spearman(dense, labels)).max() <= 1e-6
+    assert np.abs(whole[0] - reference[0]).max() <= 1e-12
+    assert np.abs(whole[2] - reference[2]).max() <= 1e-6  # null: float32 sums, any order
     split = spearman(codes, labels, permutations=3, seed=1, block_entries=7, threads=2)
     assert len(analysis.feature_blocks(codes, 7)) > 3
     for a, b in zip(whole, split):
