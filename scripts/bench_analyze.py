@@ -177,8 +177,10 @@ def run_scale(args) -> None:
                 f"threads={args.threads});"
                 "print(json.dumps({'seconds':r['seconds'],"
                 "'peak_gb':resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/2**20}))")
+        # one BLAS thread, as for the real-size run: on the busy machine a 2-thread OpenBLAS
+        # took 0.9-3.5 s for an [18 x 1M] @ [1M x 63] product that takes 0.05 s on one
         env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]),
-                   OMP_NUM_THREADS=str(args.threads), OPENBLAS_NUM_THREADS=str(args.threads))
+                   OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
         if out.returncode:
             raise SystemExit(out.stderr)
