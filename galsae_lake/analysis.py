@@ -546,7 +546,7 @@ def label_matrix(lake: Lake, ids: np.ndarray, split: str, catalog: str,
     """[galaxies x 46] vote fractions in gz.LABEL_NAMES order, NaN where missing or not asked.
 
     ``engine="sql"`` joins with sql/label_values.sql; the default reads the Parquet files with
-    pyarrow and maps ids through the files' string dictionaries (same result, ~5x faster).
+    pyarrow and maps ids through the files' string dictionaries (same result, no string join).
     """
     if not lake.exists("votes", catalog=catalog, split=split):
         have = sorted({p["catalog"] + "/" + p["split"] for p in lake.partitions("votes")})
@@ -582,7 +582,7 @@ def read_codes(lake: Lake, model: Model, split: str, rows_of_split: np.ndarray, 
 
     ``rows_of_split[i]`` is the analysis row of the split's i-th galaxy, or -1 if it has no votes.
     ``engine="sql"`` joins with sql/analysis_codes.sql; the default reads the Parquet files with
-    pyarrow (ids mapped through the files' string dictionaries; same result, ~4x faster).
+    pyarrow (ids mapped through the files' string dictionaries; same result, no string join).
     """
     table, key = ("sae_activations", "run_id") if model.kind == "sae" else ("pca_scores", "pca_id")
     if not lake.exists(table, **{key: model.model_id, "split": split}):
