@@ -16,12 +16,14 @@ run or ``pca_scores`` of a PCA) and the split's ``votes``, and writes, for parti
   shuffled (``--permutations`` times), beside the observed max (``sql/label_null.sql``): a 2,048-
   feature SAE gets more chances than 64 PCA components, and the null says how much.
 
-How the work is split: SQL (``sql/``) reads and joins the inputs, sorts codes, and assembles the
-summary, the null and the comparison; numpy does the ranks within each label's row set and the
-two large contractions (sparse codes times label ranks, and times an orthonormal basis of the
-label matrix), which DuckDB can only do as 100M-row joins. The pure-SQL version of the Spearman
-matrix (``sql/feature_label_corr.sql``, ``engine="sql"``) gives the same numbers and is tested
-against scipy; it is the readable reference, the numpy engine the fast default.
+How the work is split: pyarrow reads the codes and votes (ids mapped through the Parquet string
+dictionaries; ``sql/analysis_codes.sql`` and ``sql/label_values.sql`` do the same join for
+``engine="sql"``, tested equal); SQL assembles the summary, the null and the comparison; numpy
+does the ranks within each label's row set and the two large contractions (sparse codes times
+label ranks, and times an orthonormal basis of the label matrix), which DuckDB can only do as
+100M-row joins. The pure-SQL version of the Spearman matrix (``sql/feature_label_corr.sql``,
+``engine="sql"``) gives the same numbers and is tested against scipy; it is the readable
+reference, the numpy engine the fast default.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from typing import Any, Callable
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import scipy.linalg
 import scipy.sparse
 import scipy.stats
@@ -147,83 +151,96 @@ class _Block:
     feature: np.ndarray    # block-local feature of each entry (int32)
     row: np.ndarray
     value: np.ndarray
-    group_start: np.ndarray    # index of the first entry of the entry's tie group
-    group_end: np.ndarray      # index one past its last entry
-    feature_start: np.ndarray  # index of the first entry of the entry's feature
-    negatives: bool            # any negative code (SAE codes are all positive)
+    bounds: np.ndarray     # [F + 1] index of each feature's first entry (int64)
+    tie: np.ndarray        # entries in a tie group of two or more (rare for float codes)
+    tie_start: np.ndarray  # index of the first entry of each such entry's tie group
+    tie_end: np.ndarray    # index one past its last entry
+    negatives: bool        # any negative code (SAE codes are all positive)
 
     @classmethod
     def of(cls, codes: Codes, first: int, end: int, start: int, stop: int) -> "_Block":
         f = codes.feature[start:stop] - first
         v = codes.value[start:stop]
         m = len(f)
-        index = np.arange(m, dtype=np.int32)
-        new_group = np.ones(m, bool)
-        if m:
-            new_group[1:] = (f[1:] != f[:-1]) | (v[1:] != v[:-1])
-        group_start = np.maximum.accumulate(np.where(new_group, index, 0)).astype(np.int32)
-        last = np.ones(m, bool)
-        if m:
-            last[:-1] = new_group[1:]
-        group_end = np.minimum.accumulate(np.where(last, index + 1, m)[::-1])[::-1].astype(np.int32)
         bounds = np.concatenate(([0], np.cumsum(np.bincount(f, minlength=end - first))))
-        return cls(first, end - first, f, codes.row[start:stop], v, group_start, group_end,
-                   bounds[f].astype(np.int32), bool((v < 0).any()))
+        same = np.zeros(m, bool)  # entry equals the one before it, in the same feature
+        if m:
+            same[1:] = (f[1:] == f[:-1]) & (v[1:] == v[:-1])
+        tied = same.copy()
+        tied[:-1] |= same[1:]
+        tie = np.flatnonzero(tied)
+        if len(tie):
+            opens = ~same[tie]  # the first entry of each tie group
+            group = np.cumsum(opens) - 1
+            starts = tie[opens]
+            ends = np.append(tie[np.flatnonzero(opens)[1:] - 1] + 1, tie[-1] + 1)
+            tie_start, tie_end = starts[group], ends[group]
+        else:
+            tie_start = tie_end = tie
+        return cls(first, end - first, f, codes.row[start:stop], v, bounds, tie,
+                   tie_start, tie_end, bool((v < 0).any()))
 
     def ranks(self, mask: np.ndarray, position: np.ndarray):
         """Average ranks of the block's features within the rows of ``mask``.
 
-        Returns (kf, kc, dr, var_f): the local feature and the set position (``position[row]``) of
-        each entry inside the set, its rank minus the rank of the feature's zero block (implicit
-        zeros are one tie group, below positives and above negatives), and each feature's sum of
-        squared centred ranks over the set. Ranks are half-integers: the work is done on twice
-        the rank, in exact integers.
+        Returns (kf, kc, dr, var_f, nnz): the local feature and the set position
+        (``position[row]``) of each entry inside the set (grouped by feature), its rank minus the
+        rank of the feature's zero block (implicit zeros are one tie group, below positives and
+        above negatives), each feature's sum of squared centred ranks over the set, and its
+        entries in the set. Ranks are half-integers: the work is done on twice the rank, in exact
+        integers. Without ties an entry's rank among its feature's kept entries is its index
+        among them; only entries of tie groups need a look-up.
         """
         n_set = int(mask.sum())
         F = self.F
-        if n_set == len(mask):  # every row: positions are counts already
+        if n_set == len(mask):  # every row: kept indices are entry indices
+            keep = idx = None
             kf, kv, rows = self.feature, self.value, self.row
-            twice = self.group_start + self.group_end
-            twice -= 2 * self.feature_start
+            starts = self.bounds
         else:
             keep = mask[self.row]
-            # kept entries before each position: ranks within the set are differences of these
-            kept_before = np.zeros(len(keep) + 1, np.int32)
-            np.cumsum(keep, out=kept_before[1:])
             idx = np.flatnonzero(keep)
-            del keep
-            # mean rank of a tie group = entries before it + (its size + 1) / 2
-            twice = kept_before[self.group_start[idx]]
-            twice += kept_before[self.group_end[idx]]
-            twice -= 2 * kept_before[self.feature_start[idx]]
-            del kept_before
-            kf, kv, rows = self.feature[idx], self.value[idx], self.row[idx]
-        nnz = np.bincount(kf, minlength=F)
+            kf, rows = self.feature[idx], self.row[idx]
+            kv = self.value[idx] if self.negatives else None
+            starts = np.searchsorted(idx, self.bounds)  # kept entries before each feature
+        nnz = np.diff(starts)
+        m = len(kf)
+        # 2 b + t: b kept entries of the feature below the entry's tie group, t in it (t = 1
+        # without ties): twice the average rank among the feature's kept entries, minus one
+        twice = np.arange(m, dtype=np.int64)
+        twice -= np.repeat(starts[:-1], nnz)
+        twice *= 2
+        twice += 1
+        ties = np.zeros(F)  # sum over kept tie groups of t^3 - t, per feature
+        if len(self.tie):
+            if idx is None:
+                at, low, high = self.tie, self.tie_start, self.tie_end
+            else:
+                sel = keep[self.tie]
+                at = np.searchsorted(idx, self.tie[sel])  # kept_before(x) = searchsorted(idx, x)
+                low = np.searchsorted(idx, self.tie_start[sel])
+                high = np.searchsorted(idx, self.tie_end[sel])
+            size = high - low
+            twice[at] = low + high - 2 * starts[kf[at]]
+            ties = np.bincount(kf[at], weights=(size * size - 1).astype(np.float64), minlength=F)
         zeros = n_set - nnz
+        # sum of squared centred average ranks: (n^3 - n - sum over tie groups of t^3 - t) / 12,
+        # the zeros one group; n^3 - z^3 as (n - z)(n^2 + n z + z^2), without cancellation
+        n64, z64 = float(n_set), zeros.astype(np.float64)
+        var_f = (nnz * (n64 * n64 + n64 * z64 + z64 * z64) - nnz - ties) / 12.0
         if self.negatives and not zeros.any():  # dense codes (PCA): no zero block at all
             twice -= n_set        # twice the centred rank
-            centred = twice.astype(np.float64)
-            var_f = np.bincount(kf, weights=centred * centred, minlength=F) / 4.0
-            dr = centred * 0.5    # any constant shift works: centred label ranks sum to 0
+            dr = twice * 0.5      # any constant shift works: centred label ranks sum to 0
         elif self.negatives:
-            twice += 1
             negative = np.bincount(kf[kv < 0], minlength=F)
-            twice += np.where(kv > 0, 2 * zeros[kf], 0).astype(twice.dtype)
+            twice += 1
+            twice += np.where(kv > 0, 2 * zeros[kf], 0)
             twice_zero = 2 * negative + zeros + 1
-            centred = (twice - (n_set + 1)).astype(np.float64)
-            var_f = (np.bincount(kf, weights=centred * centred, minlength=F)
-                     + zeros * (twice_zero - (n_set + 1)).astype(np.float64) ** 2) / 4.0
             dr = (twice - twice_zero[kf]) * 0.5
         else:  # all codes positive (SAE): every entry ranks above the zero block (2 z + 1 higher)
-            zk = zeros.astype(twice.dtype)[kf]
-            twice += zk           # twice the rank minus twice the zero block's rank, minus 1 + z
+            twice += np.repeat(zeros, nnz)
             dr = twice * 0.5      # (rank - zero_rank): the zero block sits at (z + 1) / 2
-            twice += zk
-            twice -= n_set        # twice the centred rank: 2 * (rank - (n + 1) / 2)
-            centred = twice.astype(np.float64)
-            var_f = (np.bincount(kf, weights=centred * centred, minlength=F)
-                     + zeros * (zeros - n_set).astype(np.float64) ** 2) / 4.0
-        return kf, position[rows], dr, var_f
+        return kf, position[rows], dr, var_f, nnz
 
 
 def _csr(kf: np.ndarray, kr: np.ndarray, data: np.ndarray, F: int, n_cols: int):
@@ -233,36 +250,53 @@ def _csr(kf: np.ndarray, kr: np.ndarray, data: np.ndarray, F: int, n_cols: int):
 
 
 #: features non-zero on more than this share of a set's rows are multiplied as a dense matrix
-DENSE_SHARE = 0.1
+#: (measured at 35,000 rows: 0.3 beat 0.1 and all-sparse for SAE codes; PCA is all dense)
+DENSE_SHARE = 0.3
+
+
+#: sets with more rows than this are multiplied in row order (their label matrices exceed the cache)
+BY_ROW_ROWS = 100_000
 
 
 class _CodeMatrix:
-    """A [features x rows] matrix of code entries: frequent features dense (BLAS), the rest CSR."""
+    """A [features x rows] matrix of code entries: frequent features dense (BLAS), the rest CSR.
 
-    def __init__(self, kf, kc, dr, F: int, n_cols: int, float32: bool):
-        counts = np.bincount(kf, minlength=F)
+    Entries come grouped by feature (``counts`` per feature), so each dense feature is one slice.
+    """
+
+    def __init__(self, kf, kc, dr, F: int, n_cols: int, float32: bool,
+                 counts: np.ndarray | None = None):
+        counts = np.bincount(kf, minlength=F) if counts is None else counts
+        starts = np.concatenate(([0], np.cumsum(counts)))
+        is_dense = counts > DENSE_SHARE * n_cols
         self.F = F
-        self.dense_features = np.flatnonzero(counts > DENSE_SHARE * n_cols)
+        self.dense_features = np.flatnonzero(is_dense)
         self.dense = np.zeros((len(self.dense_features), n_cols))
-        if len(self.dense_features) == F:  # every feature dense (PCA): no CSR part
-            self.dense.reshape(-1)[kf.astype(np.int64) * n_cols + kc] = dr
-            kc, dr = kc[:0], dr[:0]
-            counts[:] = 0
-        elif len(self.dense_features):
-            local = np.full(F, -1)
-            local[self.dense_features] = np.arange(len(self.dense_features))
-            slot = local[kf]
-            in_dense = slot >= 0
-            self.dense.reshape(-1)[slot[in_dense] * n_cols + kc[in_dense]] = dr[in_dense]
-            keep = ~in_dense
-            kc, dr = kc[keep], dr[keep]
-            counts[self.dense_features] = 0
-        indptr = np.concatenate(([0], np.cumsum(counts)))
+        for i, f in enumerate(self.dense_features):
+            self.dense[i, kc[starts[f]:starts[f + 1]]] = dr[starts[f]:starts[f + 1]]
+        if len(self.dense_features):
+            sparse_entries = np.repeat(~is_dense, counts)
+            kc, dr = kc[sparse_entries], dr[sparse_entries]
+            counts = np.where(is_dense, 0, counts)
+        index = np.int32 if len(kc) < 2**31 and n_cols < 2**31 else np.int64
+        if n_cols > BY_ROW_ROWS:
+            # CSC, entries in row order: the product streams through the rows of X once and
+            # scatters into the small [F x columns] result, instead of jumping between rows
+            # of an X far larger than the cache (a feature's entries are in value order)
+            order = np.argsort(kc)
+            local = np.repeat(np.arange(F, dtype=index), counts)[order]
+            dr = dr[order]
+            indptr = np.concatenate(([0], np.cumsum(np.bincount(kc, minlength=n_cols))))
+            indptr = indptr.astype(index)
+            make = lambda data: scipy.sparse.csc_matrix((data, local, indptr), shape=(F, n_cols))
+        else:
+            indptr = np.concatenate(([0], np.cumsum(counts))).astype(index)
+            kc = kc.astype(index, copy=False)  # same index type: scipy would copy to convert
+            make = lambda data: scipy.sparse.csr_matrix((data, kc, indptr), shape=(F, n_cols))
         # built directly in each precision: .astype() would sort the indices first, needlessly
-        self.sparse = scipy.sparse.csr_matrix((dr, kc, indptr), shape=(F, n_cols))
+        self.sparse = make(dr)
         self.dense32 = self.dense.astype(np.float32) if float32 else None
-        self.sparse32 = scipy.sparse.csr_matrix((dr.astype(np.float32), kc, indptr),
-                                                shape=(F, n_cols)) if float32 else None
+        self.sparse32 = make(dr.astype(np.float32)) if float32 else None
 
     def times(self, X: np.ndarray, float32: bool = False) -> np.ndarray:
         """self @ X [F x columns]: float64, or float32 (for the null) with ``float32``."""
@@ -271,6 +305,10 @@ class _CodeMatrix:
         if len(self.dense_features):
             out[self.dense_features] += dense @ X
         return out
+
+
+#: bytes of shuffled label ranks kept for reuse across feature blocks (else rebuilt per block)
+SHUFFLE_CACHE_BYTES = 768 * 2**20
 
 
 def spearman(codes: Codes, labels: np.ndarray, permutations: int = 0, seed: int = 0,
@@ -291,7 +329,8 @@ def spearman(codes: Codes, labels: np.ndarray, permutations: int = 0, seed: int 
     n = (~np.isnan(labels)).sum(axis=0).astype(np.int64)
     null = np.zeros((permutations, L))
     spans = feature_blocks(codes, block_entries)
-    blocks = [_Block.of(codes, *span) for span in spans] if len(spans) == 1 else None
+    # built once, shared by every row set (about 4 bytes per code entry: the local features)
+    blocks = [_Block.of(codes, *span) for span in spans]
     masks, set_of_label = label_row_sets(labels)
     streams = np.random.SeedSequence(seed).spawn(len(masks))
 
@@ -301,19 +340,31 @@ def spearman(codes: Codes, labels: np.ndarray, permutations: int = 0, seed: int 
         n_set = int(mask.sum())
         if n_set <= MIN_ROWS:
             return
-        position = np.cumsum(mask, dtype=np.int64) - 1  # row -> column of the set's matrices
-        ranks = scipy.stats.rankdata(labels[mask][:, cols], axis=0) - (n_set + 1) / 2.0
+        position = np.cumsum(mask, dtype=np.int32) - 1  # row -> column of the set's matrices
+        ranks = average_ranks(labels[mask][:, cols]) - (n_set + 1) / 2.0
         var_l = (ranks ** 2).sum(axis=0)
         width = len(cols)
         rng = np.random.default_rng(streams[s])
-        shuffles = [rng.permutation(n_set) for _ in range(permutations)]
+        shuffles = np.array([rng.permutation(n_set) for _ in range(permutations)], np.int32)
         per_call = max(1, 64 // width)  # shuffled label columns per product: bounds memory
         ranks32 = np.ascontiguousarray(ranks, np.float32)
+        cache = len(spans) == 1 or n_set * permutations * width * 4 <= SHUFFLE_CACHE_BYTES
+        batches: dict[int, np.ndarray] = {}
+
+        def shuffled(p0: int) -> np.ndarray:
+            """[n_set x (batch * width)] label ranks, permutation by permutation (one gather)."""
+            if p0 in batches:
+                return batches[p0]
+            batch = ranks32[shuffles[p0:p0 + per_call]]  # [batch x n_set x width]
+            out = np.ascontiguousarray(batch.transpose(1, 0, 2)).reshape(n_set, -1)
+            if cache:
+                batches[p0] = out
+            return out
+
         set_null = np.zeros((permutations, width))
-        for i, span in enumerate(spans):
-            block = blocks[i] if blocks is not None else _Block.of(codes, *span)
-            kf, kc, dr, var_f = block.ranks(mask, position)
-            A = _CodeMatrix(kf, kc, dr, block.F, n_set, float32=permutations > 0)
+        for block in blocks:
+            kf, kc, dr, var_f, nnz = block.ranks(mask, position)
+            A = _CodeMatrix(kf, kc, dr, block.F, n_set, float32=permutations > 0, counts=nnz)
             del kf, kc, dr
             denominator = np.sqrt(np.outer(var_f, var_l))
             valid = denominator > 0
@@ -328,8 +379,7 @@ def spearman(codes: Codes, labels: np.ndarray, permutations: int = 0, seed: int 
             inverse = np.where(valid, 1.0 / safe, 0.0).astype(np.float32)  # 0: rho is 0 there
             for p0 in range(0, permutations, per_call):
                 batch = shuffles[p0:p0 + per_call]
-                shuffled = np.hstack([ranks32[perm] for perm in batch])
-                scaled = A.times(shuffled, float32=True).reshape(len(var_f), len(batch), width)
+                scaled = A.times(shuffled(p0), float32=True).reshape(len(var_f), len(batch), width)
                 np.abs(scaled, out=scaled)
                 scaled *= inverse[:, None, :]
                 best = np.minimum(scaled.max(axis=0), 1.0)
@@ -347,6 +397,26 @@ def spearman(codes: Codes, labels: np.ndarray, permutations: int = 0, seed: int 
         for s in order:
             one_set(s)
     return rho, n, null
+
+
+def average_ranks(X: np.ndarray) -> np.ndarray:
+    """1-based average ranks of each column (scipy.stats.rankdata, method "average"), exactly.
+
+    A tie group filling sorted positions [lo, hi) gets the mean of ranks lo+1 .. hi,
+    (lo + hi + 1) / 2. An unstable (SIMD) argsort suffices, since ties share one rank:
+    rankdata's stable argsort is about twice slower.
+    """
+    n = X.shape[0]
+    out = np.empty(X.shape)
+    for j in range(X.shape[1]):
+        order = np.argsort(X[:, j])
+        ordered = X[order, j]
+        new = np.ones(n, bool)
+        new[1:] = ordered[1:] != ordered[:-1]
+        starts = np.flatnonzero(new)
+        ends = np.append(starts[1:], n)
+        out[order, j] = np.repeat((starts + ends + 1) * 0.5, ends - starts)
+    return out
 
 
 def label_basis(labels: np.ndarray) -> np.ndarray:
@@ -383,10 +453,11 @@ def novelty(codes: Codes, basis: np.ndarray, block_entries: int = BLOCK_ENTRIES)
         F = end - first
         kf = codes.feature[start:stop] - first
         value = codes.value[start:stop].astype(np.float64)
-        matrix = _CodeMatrix(kf, codes.row[start:stop], value, F, n_rows, float32=False)
+        counts = np.bincount(kf, minlength=F)
+        matrix = _CodeMatrix(kf, codes.row[start:stop], value, F, n_rows, float32=False,
+                             counts=counts)
         projected = matrix.times(basis)
         explained = (projected ** 2).sum(axis=1)
-        counts = np.bincount(kf, minlength=F)
         mean = np.bincount(kf, weights=value, minlength=F) / n_rows
         total = (np.bincount(kf, weights=(value - mean[kf]) ** 2, minlength=F)
                  + (n_rows - counts) * mean ** 2)
@@ -438,14 +509,60 @@ def split_ids(lake: Lake, encoder: str, split: str) -> np.ndarray:
     return ids.column("id_str").to_numpy(zero_copy_only=False).astype(object)
 
 
+def _rows_in(column: pa.ChunkedArray, ids: pa.Array) -> np.ndarray:
+    """Index in ``ids`` of each value of a string column (-1 where absent), via its dictionary.
+
+    Read with ``read_dictionary``, a Parquet string column comes as dictionary chunks: only the
+    dictionary (one entry per distinct value) is looked up, then its indices are gathered.
+    """
+    parts = []
+    for chunk in column.chunks:
+        if not pa.types.is_dictionary(chunk.type):
+            chunk = chunk.dictionary_encode()
+        lookup = pc.index_in(chunk.dictionary, value_set=ids).fill_null(-1).to_numpy()
+        lookup = np.append(lookup.astype(np.int64), -1)  # the last slot: NULL values
+        indices = chunk.indices.fill_null(len(lookup) - 1).to_numpy().astype(np.int64)
+        parts.append(lookup[indices])
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
+def _read(lake: Lake, table: str, columns: list[str], dictionary: list[str], **filters) -> pa.Table:
+    """Columns of the table's partition files, string keys as dictionaries (no partition keys)."""
+    parts = [pq.read_table(path, columns=columns, read_dictionary=dictionary)
+             for path in lake.files(table, **filters)]
+    return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+
+
+def _float_column(table: pa.Table, name: str, dtype) -> np.ndarray:
+    """A numeric column as numpy ``dtype``, NULL as NaN."""
+    column = table.column(name)
+    if column.null_count:
+        column = column.cast(pa.float64()).fill_null(np.nan)
+    return np.asarray(column.to_numpy(), dtype)
+
+
 def label_matrix(lake: Lake, ids: np.ndarray, split: str, catalog: str,
-                 con: duckdb.DuckDBPyConnection) -> np.ndarray:
-    """[galaxies x 46] vote fractions in gz.LABEL_NAMES order, NaN where missing or not asked."""
+                 con: duckdb.DuckDBPyConnection, engine: str = "numpy") -> np.ndarray:
+    """[galaxies x 46] vote fractions in gz.LABEL_NAMES order, NaN where missing or not asked.
+
+    ``engine="sql"`` joins with sql/label_values.sql; the default reads the Parquet files with
+    pyarrow and maps ids through the files' string dictionaries (same result, no string join).
+    """
     if not lake.exists("votes", catalog=catalog, split=split):
         have = sorted({p["catalog"] + "/" + p["split"] for p in lake.partitions("votes")})
         raise InputError(f"no votes for split {split!r} in catalog {catalog!r}"
                          + (f" (votes exist for {', '.join(have)})" if have else
                             "; ingest votes first (galsae-lake ingest votes FILE)"))
+    matrix = np.full((len(ids), len(gz.LABEL_NAMES)), np.nan)
+    if engine != "sql":
+        votes = _read(lake, "votes", ["id_str", "label", "fraction"], ["id_str", "label"],
+                      catalog=catalog, split=split)
+        row = _rows_in(votes.column("id_str"), pa.array(ids, pa.string()))
+        label = _rows_in(votes.column("label"), pa.array(gz.LABEL_NAMES, pa.string()))
+        fraction = _float_column(votes, "fraction", np.float64)
+        keep = (row >= 0) & (label >= 0) & ~np.isnan(fraction)
+        matrix[row[keep], label[keep]] = fraction[keep]
+        return matrix
     con.register("split_ids", pa.table({"id_str": pa.array(ids, pa.string()),
                                         "row": pa.array(np.arange(len(ids), dtype=np.int32))}))
     con.register("label_names", pa.table({
@@ -454,22 +571,42 @@ def label_matrix(lake: Lake, ids: np.ndarray, split: str, catalog: str,
     con.execute(f"CREATE OR REPLACE TEMP VIEW votes_source AS SELECT * FROM "
                 f"{lake.duckdb_source('votes', catalog=catalog, split=split)}")
     long = con.sql(query("label_values")).to_arrow_table()  # (fetchnumpy would import pandas)
-    matrix = np.full((len(ids), len(gz.LABEL_NAMES)), np.nan)
     matrix[long.column("row").to_numpy(), long.column("label_index").to_numpy()] = \
         long.column("fraction").to_numpy()
     return matrix
 
 
 def read_codes(lake: Lake, model: Model, split: str, rows_of_split: np.ndarray, ids: np.ndarray,
-               con: duckdb.DuckDBPyConnection) -> Codes:
-    """The model's non-zero codes on ``split`` (sql/analysis_codes.sql), rows re-indexed.
+               con: duckdb.DuckDBPyConnection, engine: str = "numpy") -> Codes:
+    """The model's non-zero codes on ``split``, rows re-indexed, sorted by (feature, value).
 
     ``rows_of_split[i]`` is the analysis row of the split's i-th galaxy, or -1 if it has no votes.
+    ``engine="sql"`` joins with sql/analysis_codes.sql; the default reads the Parquet files with
+    pyarrow (ids mapped through the files' string dictionaries; same result, no string join).
     """
     table, key = ("sae_activations", "run_id") if model.kind == "sae" else ("pca_scores", "pca_id")
     if not lake.exists(table, **{key: model.model_id, "split": split}):
         raise InputError(f"{table} has no rows for {model.model_id!r} on split {split!r}")
     feature, value = ("feature", "activation") if model.kind == "sae" else ("component", "score")
+    n_rows = int(rows_of_split.max()) + 1 if len(rows_of_split) else 1
+    if engine != "sql":
+        data = _read(lake, table, ["id_str", feature, value], ["id_str"],
+                     **{key: model.model_id, "split": split})
+        at = _rows_in(data.column("id_str"), pa.array(ids, pa.string()))
+        f = np.asarray(data.column(feature).fill_null(-1).to_numpy(), np.int64)
+        v = _float_column(data, value, np.float32)
+        del data
+        # the rules of sql/analysis_codes.sql: galaxies of the split, non-zero, not NaN, in range
+        keep = (at >= 0) & (v != 0) & ~np.isnan(v) & (f >= 0) & (f < model.n_features)
+        f, v = f[keep].astype(np.int32), v[keep]
+        r = rows_of_split[at[keep]].astype(np.int32)
+        del at, keep
+        frequency = np.bincount(f, minlength=model.n_features) / max(len(ids), 1)
+        voted = r >= 0
+        if not voted.all():  # galaxies without votes count for frequency only
+            f, r, v = f[voted], r[voted], v[voted]
+        f, r, v = sort_codes(f, r, v, n_rows)
+        return Codes(model.kind, model.n_features, f, r, v, frequency)
     source = lake.duckdb_source(table, **{key: model.model_id, "split": split})
     con.execute(f'CREATE OR REPLACE TEMP VIEW codes_source AS SELECT id_str, "{feature}" AS '
                 f'feature, "{value}" AS value FROM {source}')
@@ -484,7 +621,7 @@ def read_codes(lake: Lake, model: Model, split: str, rows_of_split: np.ndarray, 
     voted = r >= 0
     if not voted.all():  # galaxies without votes count for frequency only
         f, r, v = f[voted], r[voted], v[voted]
-    f, r, v = sort_codes(f, r, v, int(rows_of_split.max()) + 1 if len(rows_of_split) else 1)
+    f, r, v = sort_codes(f, r, v, n_rows)
     return Codes(model.kind, model.n_features, f, r, v, frequency)
 
 
@@ -607,7 +744,7 @@ def _analyze(lake, con, model, split, catalog, exclude_question, permutations, s
              seed_variant, skip_empty_labels, engine, workers, dense_codes, started):
     model_id = model.model_id
     ids = split_ids(lake, model.encoder, split)
-    all_labels = label_matrix(lake, ids, split, catalog, con)
+    all_labels = label_matrix(lake, ids, split, catalog, con, engine)
     voted = ~np.isnan(all_labels).all(axis=1)
     if not voted.any():
         raise InputError(f"no votes for split {split!r} in catalog {catalog!r} match the "
@@ -620,7 +757,7 @@ def _analyze(lake, con, model, split, catalog, exclude_question, permutations, s
     rows_of_split = np.full(len(ids), -1, np.int64)
     rows_of_split[voted] = np.arange(int(voted.sum()))
     labels = all_labels[voted]
-    codes = read_codes(lake, model, split, rows_of_split, ids, con)
+    codes = read_codes(lake, model, split, rows_of_split, ids, con, engine)
     timings = {"read": time.perf_counter() - started}
     results = [compute(codes, labels, permutations, seed, engine, workers)]
     del codes

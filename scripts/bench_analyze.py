@@ -177,8 +177,10 @@ def run_scale(args) -> None:
                 f"threads={args.threads});"
                 "print(json.dumps({'seconds':r['seconds'],"
                 "'peak_gb':resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/2**20}))")
+        # one BLAS thread, as for the real-size run: on the busy machine a 2-thread OpenBLAS
+        # took 0.9-3.5 s for an [18 x 1M] @ [1M x 63] product that takes 0.05 s on one
         env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]),
-                   OMP_NUM_THREADS=str(args.threads), OPENBLAS_NUM_THREADS=str(args.threads))
+                   OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
         if out.returncode:
             raise SystemExit(out.stderr)
@@ -199,28 +201,34 @@ def run_real(args) -> None:
         pca_id = fit_pca(lake, "bench", n_components=args.components)
         print(f"built lake: {args.n:,} test galaxies, {args.features} SAE features "
               f"(~{args.k} per galaxy), PCA {args.components} in {time.perf_counter() - t:.0f} s")
-        times, cpu = {}, {}
-        for name, model in (("sae", data["run_id"]), ("pca", pca_id)):
-            t, c = time.perf_counter(), time.process_time()
-            r = analyze(lake, model, permutations=args.permutations, threads=args.threads)
-            times[name] = time.perf_counter() - t
-            cpu[name] = time.process_time() - c
-            phases = ", ".join(f"{k} {v:.2f}" for k, v in r["timings"].items())
-            print(f"analyze {name}: {times[name]:.2f} s ({r['features']} features x "
-                  f"{r['labels']} labels, {r['rows']:,} galaxies, {args.permutations} permutations;"
-                  f" {phases})")
-        # like for like with the seed, which computes no null
-        bare = 0.0
-        for model in (data["run_id"], pca_id):
-            t = time.perf_counter()
-            analyze(lake, model, permutations=0, threads=args.threads)
-            bare += time.perf_counter() - t
-        print(f"analyze sae + pca without the permutation null: {bare:.2f} s")
+        models = (("sae", data["run_id"]), ("pca", pca_id))
+        # ours: median of --repeat runs per model, without the null (the seed's outputs) and with
+        # it (our extra); runs interleaved so that a busy spell hits both alike
+        walls = {(name, p): [] for name, _ in models for p in (0, args.permutations)}
+        cpus = {key: [] for key in walls}
+        phases = {}
+        for _ in range(args.repeat):
+            for p in (0, args.permutations):
+                for name, model in models:
+                    t, c = time.perf_counter(), time.process_time()
+                    r = analyze(lake, model, permutations=p, threads=args.threads)
+                    walls[name, p].append(time.perf_counter() - t)
+                    cpus[name, p].append(time.process_time() - c)
+                    phases[name, p] = r
+        ours = {}
+        for p in (0, args.permutations):
+            for name, _ in models:
+                r = phases[name, p]
+                detail = ", ".join(f"{k} {v:.2f}" for k, v in r["timings"].items())
+                print(f"analyze {name}, {p:2d} permutations: median {np.median(walls[name, p]):.2f} s "
+                      f"wall ({np.median(cpus[name, p]):.2f} s CPU) over {args.repeat} runs "
+                      f"[{', '.join(f'{w:.2f}' for w in walls[name, p])}] ({r['features']} features x "
+                      f"{r['labels']} labels, {r['rows']:,} galaxies; last run: {detail})")
+            ours[p] = sum(np.median(walls[name, p]) for name, _ in models)
         if args.sql_engine:
             t = time.perf_counter()
             analyze(lake, data["run_id"], permutations=0, threads=args.threads, engine="sql")
             print(f"analyze sae, pure-SQL engine, no permutations: {time.perf_counter() - t:.2f} s")
-        total = times["sae"] + times["pca"]
 
         # the seed's loops on samples of the same data
         rows, features, values = data["codes"]
@@ -240,22 +248,46 @@ def run_real(args) -> None:
         pairs = [(int(rng.integers(n_sae)) if rng.random() < share
                   else n_sae + int(rng.integers(columns.shape[1] - n_sae)), int(rng.integers(L)))
                  for _ in range(args.sample_pairs)]
+        t, c = time.perf_counter(), time.process_time()
         per_pair = seed_pair_seconds(columns, labels, pairs)
         per_fit = seed_regression_seconds(columns[:, : args.sample_regressions], labels)
+        seed_seconds = time.perf_counter() - t
+        seed_cpu_share = (time.process_time() - c) / seed_seconds  # CPU per wall second (1 BLAS thread)
         n_features = args.features + args.components
-        seed_total = per_pair * n_features * L + per_fit * n_features
-        secondary = per_pair * n_features * (L - len(gz.QUESTIONS[gz.PRIMARY_QUESTION]))
+        L2 = L - len(gz.QUESTIONS[gz.PRIMARY_QUESTION])
+        primary = per_pair * n_features * L
+        # make_figures' secondary figures call compute_max_correlations again with
+        # exclude_smooth_featured=True (own cache file): every pair again, smooth-or-featured skipped
+        secondary = per_pair * n_features * L2
+        regressions = per_fit * n_features
+        seed_same = primary + secondary + regressions
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-        print(f"seed loop: {per_pair * 1e3:.2f} ms per pair x {n_features * L:,} pairs + "
-              f"{per_fit * 1e3:.0f} ms per regression x {n_features:,} features "
-              f"= {seed_total:.0f} s (estimated from {len(pairs)} pairs, "
-              f"{args.sample_regressions} regressions)")
-        total_cpu = cpu["sae"] + cpu["pca"]
-        print(f"analyze total: {total:.2f} s wall on {args.threads} threads "
-              f"({total_cpu:.2f} s CPU, all threads); peak RSS {peak:.2f} GB")
-        print(f"speed-up without the null (the seed has none): {seed_total / bare:.0f}x")
-        print(f"speed-up, wall clock: {seed_total / total:.0f}x; counting the seed's second pass "
-              f"for its secondary view too: {(seed_total + secondary) / total:.0f}x")
+        print(f"seed, per pair (spearmanr with its NaN/std/n checks): {per_pair * 1e3:.3f} ms "
+              f"(mean of {len(pairs):,} pairs); per LinearRegression: {per_fit * 1e3:.1f} ms "
+              f"(mean of {args.sample_regressions}); sampling took {seed_seconds:.0f} s")
+        print(f"seed, scaled: primary view {n_features:,} x {L} pairs = {primary:.0f} s; "
+              f"secondary view {n_features:,} x {L2} pairs = {secondary:.0f} s; "
+              f"novelty {n_features:,} regressions = {regressions:.0f} s; total {seed_same:.0f} s")
+        print(f"ours, sum of the two models' medians: {ours[0]:.2f} s without the null, "
+              f"{ours[args.permutations]:.2f} s with {args.permutations} permutations; "
+              f"peak RSS {peak:.2f} GB")
+        print(f"speed-up, same outputs as the seed (primary + secondary + novelty; ours with 0 "
+              f"permutations): {seed_same / ours[0]:.0f}x")
+        print(f"speed-up, same outputs but not counting the seed's secondary pass: "
+              f"{(primary + regressions) / ours[0]:.0f}x")
+        print(f"speed-up, ours with the {args.permutations}-permutation null (work the seed does not "
+              f"do) vs the seed's primary + secondary + novelty: "
+              f"{seed_same / ours[args.permutations]:.0f}x")
+        # the seed's make_figures keeps only SAE features firing on > 1% of galaxies
+        frequent = int((np.bincount(features, minlength=args.features) / args.n > 0.01).sum())
+        seed_frequent = (per_pair * (L + L2) + per_fit) * (frequent + args.components)
+        ours_cpu = sum(np.median(cpus[name, 0]) for name, _ in models)
+        print(f"CPU time instead of wall clock (the machine is shared): seed {seed_same * seed_cpu_share:.0f} s "
+              f"(its sample ran at {seed_cpu_share:.2f} CPU s per wall s), ours {ours_cpu:.2f} s "
+              f"without the null: {seed_same * seed_cpu_share / ours_cpu:.0f}x")
+        print(f"note: the seed's get_top_sae_features keeps features with frequency > 1%: "
+              f"{frequent:,} of {args.features:,} here; the seed's loops on those alone: "
+              f"{seed_frequent:.0f} s, {seed_frequent / ours[0]:.0f}x ours (which does all)")
         print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
 
@@ -269,9 +301,10 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=640, help="embedding dimension")
     parser.add_argument("--permutations", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--sample-pairs", type=int, default=1000)
-    parser.add_argument("--sample-features", type=int, default=64)
-    parser.add_argument("--sample-regressions", type=int, default=20)
+    parser.add_argument("--repeat", type=int, default=5, help="runs of analyze per model")
+    parser.add_argument("--sample-pairs", type=int, default=3000)
+    parser.add_argument("--sample-features", type=int, default=128)
+    parser.add_argument("--sample-regressions", type=int, default=60)
     parser.add_argument("--sql-engine", action="store_true", help="also time the pure-SQL engine")
     parser.add_argument("--scale", action="store_true", help="1M-galaxy memory run (SAE only)")
     parser.add_argument("--tmp", default=None, help="folder for the temporary lake")

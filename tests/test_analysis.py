@@ -402,10 +402,18 @@ def test_cli_label_without_votes_is_an_error_unless_skipped(tmp_path):
     assert (corr["spearman"] == 0).all() and (corr["n"] == 0).all()
 
 
-def test_feature_blocks_give_the_same_numbers():
+@pytest.mark.parametrize("cache_bytes, by_row", [(analysis.SHUFFLE_CACHE_BYTES, False), (0, True)])
+def test_feature_blocks_give_the_same_numbers(monkeypatch, cache_bytes, by_row):
     dense, labels = random_problem(4)
     codes = Codes.from_dense("sae", dense)
+    reference = spearman(codes, labels, permutations=3, seed=1)
+    monkeypatch.setattr(analysis, "SHUFFLE_CACHE_BYTES", cache_bytes)  # 0: rebuilt per block
+    if by_row:  # every set multiplied in row order (CSC), as large sets are
+        monkeypatch.setattr(analysis, "BY_ROW_ROWS", 0)
     whole = spearman(codes, labels, permutations=3, seed=1)
+    assert np.abs(whole[0] - seed_spearman(dense, labels)).max() <= 1e-6
+    assert np.abs(whole[0] - reference[0]).max() <= 1e-12
+    assert np.abs(whole[2] - reference[2]).max() <= 1e-6  # null: float32 sums, any order
     split = spearman(codes, labels, permutations=3, seed=1, block_entries=7, threads=2)
     assert len(analysis.feature_blocks(codes, 7)) > 3
     for a, b in zip(whole, split):
@@ -448,3 +456,50 @@ def test_sort_codes_orders_by_feature_then_value():
     # the argsort fallback when the key does not fit in 64 bits
     f2, r2, v2 = analysis.sort_codes(feature, row, value, 2**40)
     assert np.array_equal(f2, f) and np.array_equal(v2, v)
+
+
+def test_pyarrow_readers_equal_the_sql_readers(tmp_path):
+    """Codes and labels read with pyarrow (default) equal sql/analysis_codes.sql and
+    sql/label_values.sql: stray ids, unknown labels, NULL/NaN/zero codes, out-of-range features."""
+    import duckdb
+    lake = build_lake(tmp_path / "lake", n_train=20, n_test=30)
+    ids = [f"test-{i:04d}" for i in range(30)]
+    rng = np.random.default_rng(5)
+    votes = synthetic_votes(rng, ids[:25], "test")  # the last 5 galaxies have no votes
+    stray = pa.table({"id_str": ["elsewhere", ids[0]], "question": ["q", "q"], "answer": ["a", "a"],
+                      "label": ["smooth-or-featured_smooth", "no-such-label"],
+                      "count": pa.array([1, 1], pa.int32()), "total": pa.array([2, 2], pa.int32()),
+                      "fraction": [0.5, 0.5]})
+    codes = pa.table({"id_str": ["elsewhere", ids[1], ids[2], ids[3], ids[4], ids[27], ids[8]],
+                      "feature": pa.array([0, 1, 2, 12, 3, 4, 3], pa.int32()),
+                      "activation": pa.array([1.0, 0.0, None, 2.0, float("nan"), 3.0, 0.5],
+                                             pa.float32())})
+    with lake.transaction("edge", {}) as tx:
+        tx.write("votes", pa.concat_tables([votes, stray.cast(votes.schema)]),
+                 partition={"catalog": "volunteers", "split": "test"})
+        tx.write("sae_activations", pa.concat_tables([
+            lake.arrow("sae_activations", columns=["id_str", "feature", "activation"],
+                       run_id=RUN_ID, split="test"), codes]),
+                 partition={"run_id": RUN_ID, "split": "test"})
+    model = analysis.resolve_model(lake, RUN_ID)
+    split_ids = analysis.split_ids(lake, ENCODER, "test")
+    con = duckdb.connect()
+    got = analysis.label_matrix(lake, split_ids, "test", "volunteers", con)
+    want = analysis.label_matrix(lake, split_ids, "test", "volunteers", con, engine="sql")
+    np.testing.assert_array_equal(got, want)
+    voted = ~np.isnan(got).all(axis=1)
+    assert voted.sum() == 25
+    rows = np.full(len(split_ids), -1, np.int64)
+    rows[voted] = np.arange(int(voted.sum()))
+    a = analysis.read_codes(lake, model, "test", rows, split_ids, con)
+    b = analysis.read_codes(lake, model, "test", rows, split_ids, con, engine="sql")
+    for name in ("feature", "row", "value", "frequency"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    assert a.row.max() < 25 and a.feature.max() < 12 and (a.value != 0).all()
+
+
+def test_average_ranks_equal_rankdata():
+    rng = np.random.default_rng(3)
+    X = np.column_stack([rng.integers(0, 11, 500) / 10.0, rng.normal(size=500),
+                         np.full(500, 0.5), rng.integers(0, 2, 500) * 1.0])
+    np.testing.assert_array_equal(analysis.average_ranks(X), scipy.stats.rankdata(X, axis=0))
