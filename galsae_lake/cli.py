@@ -137,6 +137,77 @@ def sql(ctx: click.Context, query: str, fmt: str, output: str | None) -> None:
     write_frame(relation.pl(), fmt, output, lake)
 
 
+# ---- sources ----
+@main.command(epilog=example("galsae-lake --lake /tmp/galsae-demo synth --n 500 --seed 1"))
+@click.option("--n", "n", type=int, default=2000, show_default=True, help="Galaxies to make.")
+@click.option("--image-size", type=int, default=64, show_default=True, help="Cutout size, pixels.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed (same seed, same lake).")
+@click.option("--test-fraction", type=float, default=0.2, show_default=True,
+              help="Share of galaxies in the test split.")
+@click.pass_context
+def synth(ctx: click.Context, n: int, image_size: int, seed: int, test_fraction: float) -> None:
+    """Make N synthetic Euclid-like galaxies with planted morphology and simulated volunteers.
+
+    Fills galaxies, images (PNG), votes (catalog volunteers) and truth (the planted factors).
+    """
+    from galsae_lake.sources.synthetic import synthesize
+
+    summary = synthesize(lake_of(ctx), n, image_size=image_size, seed=seed,
+                         test_fraction=test_fraction, progress=True)
+    splits = ", ".join(f"{k} {v}" for k, v in summary["splits"].items())
+    click.echo(f"synth: {summary['galaxies']} galaxies ({splits}); wrote galaxies, images, "
+               f"votes[catalog=volunteers], truth")
+
+
+@main.group(cls=Group)
+def ingest():
+    """Bring galaxies, votes or embeddings from outside into the lake."""
+
+
+@ingest.command("hf", epilog=example(
+    "galsae-lake ingest hf --dataset mwalmsley/gz_euclid --splits test --limit 1000"))
+@click.option("--dataset", default="mwalmsley/gz_euclid", show_default=True,
+              help="Hugging Face dataset name, or a local folder in the same shape.")
+@click.option("--config", default=None, help="Dataset configuration name.")
+@click.option("--splits", default="train,test", show_default=True, help="Comma-separated splits.")
+@click.option("--limit", type=int, default=None, help="At most this many galaxies per split.")
+@click.option("--catalog", default="volunteers", show_default=True, help="votes catalog to write.")
+@click.pass_context
+def ingest_hf_command(ctx: click.Context, dataset: str, config: str | None, splits: str,
+                      limit: int | None, catalog: str) -> None:
+    """Stream a Galaxy Zoo dataset's galaxies, images and votes into the lake."""
+    from galsae_lake.sources.huggingface import ingest_hf
+
+    names = tuple(s.strip() for s in splits.split(",") if s.strip())
+    summary = ingest_hf(lake_of(ctx), dataset, config=config, splits=names, limit=limit,
+                        catalog=catalog, progress=True)
+    parts = ", ".join(f"{k} {v}" for k, v in summary["splits"].items())
+    click.echo(f"ingest hf: {summary['source']} ({parts}); wrote galaxies, images, "
+               f"votes[catalog={catalog}]" + (f"; {summary['images_missing']} images missing"
+                                              if summary["images_missing"] else ""))
+
+
+@ingest.command("votes", epilog=example(
+    "galsae-lake ingest votes votes.parquet --catalog zoobot-q1 --split test"))
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--catalog", default="volunteers", show_default=True, help="votes catalog to write.")
+@click.option("--id-column", default="id_str", show_default=True)
+@click.option("--split-column", default="split", show_default=True,
+              help="Column naming each galaxy's split (else the lake's galaxies decide).")
+@click.option("--split", type=click.Choice(["train", "test"]), default=None,
+              help="Put every row in this split.")
+@click.pass_context
+def ingest_votes_command(ctx: click.Context, file: str, catalog: str, id_column: str,
+                         split_column: str, split: str | None) -> None:
+    """Read Galaxy Zoo votes or predicted fractions (Parquet or CSV, one row per galaxy)."""
+    from galsae_lake.sources.files import ingest_votes
+
+    summary = ingest_votes(lake_of(ctx), file, catalog=catalog, id_column=id_column,
+                           split_column=split_column, split=split)
+    parts = ", ".join(f"{k} {v}" for k, v in summary["splits"].items())
+    click.echo(f"ingest votes: {summary['galaxies']} galaxies ({parts}); wrote votes[catalog={catalog}]"
+               + (f"; {summary['unmatched']} ids not in the lake skipped" if summary["unmatched"] else ""))
+
 # ---- embed ----
 def _echo_err(line: str) -> None:
     click.echo(line, err=True)
@@ -169,14 +240,6 @@ def embed(ctx, encoder, weights, splits, batch_size, device, shard, workers, pre
                         device=device, shard=shard, workers=workers, precision=precision,
                         force=force, tag=tag, log=_echo_err)
     click.echo(f"embeddings encoder={summary['encoder']}")
-
-
-try:
-    ingest  # the group may come from the sources area
-except NameError:
-    @main.group(cls=Group)
-    def ingest():
-        """Bring galaxies, votes or embeddings from outside into the lake."""
 
 
 @ingest.command("embeddings", epilog=example(

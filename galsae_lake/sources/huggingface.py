@@ -1,0 +1,198 @@
+"""Galaxies, images and volunteer votes from a Hugging Face dataset (``mwalmsley/gz_euclid``).
+
+The dataset is read with ``datasets.load_dataset`` — a hub name, or a local folder of Parquet
+files in the hub's layout (``data/train-*.parquet``, ``data/test-*.parquet``), or a folder
+written by ``save_to_disk`` — and streamed in batches, so the 174k galaxies of gz_euclid never
+sit in memory at once: each batch goes straight into the lake's partition writers.
+
+Kept as given: ``id_str`` (match other catalogues with :func:`galsae_lake.sources.normalize_id`)
+and the image bytes (JPEG in gz_euclid; only decoded images are re-encoded, as PNG). Label
+columns are read with or without the ``-euclid`` question suffix: counts, ``_fraction`` and
+``_total-votes``.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from galsae_lake.errors import InputError
+from galsae_lake.sources import check_ids, check_split, has_labels, label_columns, votes_long
+
+#: column pairs tried, in order, for a galaxy's position
+POSITION_COLUMNS = (("ra", "dec"), ("right_ascension", "declination"),
+                    ("RIGHT_ASCENSION", "DECLINATION"))
+ID_COLUMN = "id_str"
+IMAGE_COLUMN = "image"
+
+
+def _open(dataset: str, config: str | None, streaming: bool):
+    """``load_dataset`` (or ``load_from_disk`` for a ``save_to_disk`` folder) as a split dict."""
+    import datasets
+
+    path = Path(dataset).expanduser()
+    try:
+        if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
+            loaded = datasets.load_from_disk(str(path))
+            if isinstance(loaded, datasets.Dataset):
+                loaded = datasets.DatasetDict({"train": loaded})
+            if streaming:
+                loaded = {k: v.to_iterable_dataset() for k, v in loaded.items()}
+            return dict(loaded)
+        return dict(datasets.load_dataset(str(path) if path.exists() else dataset, config,
+                                          streaming=streaming))
+    except (FileNotFoundError, ValueError, ConnectionError, OSError) as exc:
+        first = " ".join(str(exc).strip().splitlines()[0].split()) if str(exc).strip() else type(exc).__name__
+        raise InputError(f"cannot load dataset {dataset!r}: {first}") from None
+    except Exception as exc:  # datasets raises its own classes (DatasetNotFoundError, ...)
+        if type(exc).__module__.startswith("datasets") or "huggingface" in type(exc).__module__:
+            first = " ".join(str(exc).strip().splitlines()[0].split())
+            raise InputError(f"cannot load dataset {dataset!r}: {first}") from None
+        raise
+
+
+def _image_bytes(value: Any) -> bytes | None:
+    """Bytes of one image cell: stored bytes kept as they are, decoded images encoded as PNG."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        if value.get("bytes"):
+            return bytes(value["bytes"])
+        if value.get("path"):
+            return Path(value["path"]).read_bytes()
+        return None
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    from PIL import Image
+
+    image = value if isinstance(value, Image.Image) else Image.fromarray(np.asarray(value))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _columns_of(split_data) -> list[str]:
+    names = getattr(split_data, "column_names", None)
+    if names:
+        return list(names)
+    features = getattr(split_data, "features", None)
+    if features:
+        return list(features)
+    first = next(iter(split_data.take(1) if hasattr(split_data, "take") else split_data), None)
+    return list(first or {})
+
+
+def dataset_source(dataset: str) -> str:
+    """The ``galaxies.source`` of a dataset: its name without the owner (``gz_euclid``)."""
+    return Path(dataset.rstrip("/")).name or dataset
+
+
+def ingest_hf(lake, dataset: str = "mwalmsley/gz_euclid", config: str | None = None,
+              splits: tuple[str, ...] | list[str] = ("train", "test"), limit: int | None = None,
+              batch_size: int = 1000, catalog: str = "volunteers", streaming: bool = True,
+              progress: bool = False) -> dict[str, Any]:
+    """Stream ``dataset`` into ``galaxies``, ``images`` and ``votes`` (``catalog``), per split.
+
+    ``limit`` caps the rows taken per split. Returns ``{"splits": {split: rows}, "source": ...,
+    "images_missing": n}``. Everything is checked while streaming and written in one
+    transaction: a bad row anywhere (no id, a repeated id, a fraction outside [0, 1]) leaves the
+    lake unchanged.
+    """
+    import datasets
+
+    if limit is not None and limit < 1:
+        raise InputError(f"--limit must be at least 1, got {limit}")
+    splits = list(dict.fromkeys(splits))
+    if not splits:
+        raise InputError("no split given")
+    loaded = _open(dataset, config, streaming)
+    for split in splits:
+        check_split(split, loaded)
+    source = dataset_source(dataset)
+    plans = {}
+    for split in splits:
+        data = loaded[split]
+        columns = _columns_of(data)
+        if ID_COLUMN not in columns:
+            raise InputError(f"split {split} of {dataset} has no id column {ID_COLUMN!r}")
+        if not has_labels(columns):
+            raise InputError(f"split {split} of {dataset} has no Galaxy Zoo label columns")
+        label_columns(columns)  # raises on two columns naming the same label
+        features = getattr(data, "features", None) or {}
+        if isinstance(features.get(IMAGE_COLUMN), datasets.Image):
+            # keep the stored bytes: no decode / re-encode round trip
+            data = data.cast_column(IMAGE_COLUMN, datasets.Image(decode=False))
+        if limit is not None:
+            data = data.take(limit) if hasattr(data, "take") else data.select(range(min(limit, len(data))))
+        position = next(((a, b) for a, b in POSITION_COLUMNS if a in columns and b in columns), None)
+        wanted = [c for c in columns if c == ID_COLUMN or c in (position or ())
+                  or (c != IMAGE_COLUMN and _is_label(c))]
+        plans[split] = (data, wanted, position, IMAGE_COLUMN in columns)
+
+    params = {"dataset": dataset, "config": config, "splits": splits, "limit": limit}
+    summary: dict[str, Any] = {"source": source, "splits": {}, "images_missing": 0}
+    seen: set[str] = set()
+    with lake.transaction("ingest hf", params, upstream=[]) as tx:
+        for split, (data, wanted, position, has_image) in plans.items():
+            info = {"dataset": dataset, "config": config}
+            galaxies = tx.writer("galaxies", {"split": split}, info=info)
+            images = tx.writer("images", {"split": split}, info=info) if has_image else None
+            votes = tx.writer("votes", {"catalog": catalog, "split": split}, info=info)
+            rows = missing = 0
+            batches = data.iter(batch_size=batch_size)
+            if progress:
+                from tqdm import tqdm
+                batches = tqdm(batches, desc=f"ingest {split}", unit="batch", leave=False)
+            for batch in batches:
+                frame = _frame(batch, wanted)
+                if frame.height == 0:
+                    continue
+                check_ids(frame[ID_COLUMN], seen, where=f" in split {split}")
+                ids = frame[ID_COLUMN].cast(pl.String)
+                ra = frame[position[0]].cast(pl.Float64) if position else pl.Series([None] * frame.height, dtype=pl.Float64)
+                dec = frame[position[1]].cast(pl.Float64) if position else pl.Series([None] * frame.height, dtype=pl.Float64)
+                galaxies.write(pl.DataFrame({"id_str": ids, "source": [source] * frame.height,
+                                             "ra": ra, "dec": dec}))
+                votes.write(votes_long(frame))
+                if images is not None:
+                    blobs = [_image_bytes(v) for v in batch[IMAGE_COLUMN]]
+                    keep = [i for i, blob in enumerate(blobs) if blob is not None]
+                    missing += len(blobs) - len(keep)
+                    if keep:
+                        images.write(pa.table({"id_str": [ids[i] for i in keep],
+                                               "image": pa.array([blobs[i] for i in keep], pa.binary())}))
+                rows += frame.height
+            if rows == 0:
+                raise InputError(f"split {split} of {dataset} has no rows")
+            galaxies.close()
+            votes.close()
+            if images is not None:
+                if images.rows:
+                    images.info["images_missing"] = missing
+                    images.close()
+            summary["splits"][split] = rows
+            summary["images_missing"] += missing
+    return summary
+
+
+def _is_label(column: str) -> bool:
+    from galsae_lake import gz
+
+    return gz.parse_column(column) is not None
+
+
+def _frame(batch: dict[str, list], wanted: list[str]) -> pl.DataFrame:
+    """The id, position and label columns of one batch as a Polars frame (NaN kept as NaN)."""
+    data = {}
+    for column in wanted:
+        values = batch[column]
+        if column == ID_COLUMN:
+            data[column] = pl.Series(column, [None if v is None else str(v) for v in values], dtype=pl.String)
+        else:
+            data[column] = pl.Series(column, values, strict=False)
+    return pl.DataFrame(data)
