@@ -283,3 +283,28 @@ def ingest_hf_embeddings_cmd(ctx, dataset, column, encoder, config, splits, limi
                                    splits=splits.split(",") if splits else None, limit=limit,
                                    id_column=id_column, log=_echo_err)
     click.echo(f"embeddings encoder={summary['encoder']}")
+
+
+@main.command("train-encoder", epilog=example(
+    "galsae-lake train-encoder --encoder zoobot-synth --epochs 2 --limit 500"))
+@click.option("--encoder", required=True, type=click.Choice(["zoobot-synth", "mae-synth"]),
+              help="zoobot-synth (supervised on votes) or mae-synth (masked autoencoder).")
+@click.option("--epochs", type=int, default=None, help="[default: 12 zoobot-synth, 30 mae-synth]")
+@click.option("--batch-size", type=int, default=None, help="[default: 128]")
+@click.option("--learning-rate", type=float, default=None)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--limit", type=int, default=None, help="Train on at most N images.")
+@click.option("--device", default=None, help="cpu, cuda ... [default: cuda if available].")
+@click.pass_context
+def train_encoder_cmd(ctx, encoder, epochs, batch_size, learning_rate, seed, limit, device):
+    """Train an offline stand-in encoder on the lake's train images and store its weights there.
+
+    `galsae-lake embed --encoder NAME` then uses these weights (the lake's copy comes before the
+    package's shipped ones).
+    """
+    from galsae_lake.standins import train_encoder
+
+    summary = train_encoder(lake_of(ctx), encoder, epochs=epochs, batch_size=batch_size,
+                            learning_rate=learning_rate, seed=seed, limit=limit, device=device,
+                            log=_echo_err)
+    click.echo(f"encoder {summary['encoder']} ({summary['folder']})")

@@ -81,7 +81,8 @@ ENCODERS: dict[str, EncoderSpec] = {
         EncoderSpec("zoobot-synth", "convnext_atto", None, 64, *_UNIT, standin=True,
                     description="offline stand-in: ConvNeXt-atto supervised on simulated votes (320-d)"),
         EncoderSpec("mae-synth", "vit_tiny_patch16_224", None, 64, *_UNIT,
-                    model_args={"img_size": 64, "patch_size": 8, "depth": 6}, standin=True,
+                    model_args={"img_size": 64, "patch_size": 8, "depth": 6, "global_pool": "avg"},
+                    standin=True,
                     description="offline stand-in: ViT (patch 8, 6 blocks) masked autoencoder (192-d)"),
     ]
 }

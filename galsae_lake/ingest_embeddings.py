@@ -155,8 +155,8 @@ def _split_for(lake, ids: list[str], split: str | None, where: str) -> list[str]
         return [split] * len(ids)
     if not lake.exists("galaxies"):
         raise InputError(f"{where}: no split column; pass --split SPLIT")
-    catalogue = lake.arrow("galaxies", columns=["id_str"])
-    lookup = dict(zip(catalogue.column("id_str").to_pylist(), catalogue.column("split").to_pylist()))
+    catalogue = lake.scan("galaxies").select("id_str", "split").collect()
+    lookup = dict(zip(catalogue["id_str"].to_list(), catalogue["split"].to_list()))
     missing = [i for i in ids if i not in lookup]
     if missing:
         raise InputError(f"{where}: no split column and {len(missing)} ids are not in the galaxies "
