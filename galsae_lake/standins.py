@@ -40,7 +40,7 @@ for _q, _answers in gz.QUESTIONS.items():
 DEFAULTS = {
     "zoobot-synth": {"epochs": 12, "batch_size": 128, "learning_rate": 2e-3, "weight_decay": 0.05},
     "mae-synth": {"epochs": 30, "batch_size": 128, "learning_rate": 1.5e-3, "weight_decay": 0.05,
-                  "mask_ratio": 0.75},
+                  "mask_ratio": 0.75, "norm_pix_loss": False},
 }
 
 
@@ -143,13 +143,17 @@ class _ZoobotSynth:
 class _MAE:
     """A masked autoencoder around timm's ViT: the encoder sees 25% of patches."""
 
-    def __init__(self, mask_ratio: float, decoder_dim: int = 128, decoder_depth: int = 2):
+    def __init__(self, mask_ratio: float, norm_pix_loss: bool = False, decoder_dim: int = 128,
+                 decoder_depth: int = 2):
         import torch
         from timm.models.vision_transformer import Block
 
         spec = ENCODERS["mae-synth"]
         self.vit = build_model(spec)
         self.mask_ratio = mask_ratio
+        # per-patch normalized targets (as MAE) make the mostly-sky patches pure noise to predict;
+        # plain pixels put the loss where the galaxy light is
+        self.norm_pix_loss = norm_pix_loss
         dim = self.vit.embed_dim
         patch = self.vit.patch_embed.patch_size[0]
         self.patch = patch
@@ -202,7 +206,8 @@ class _MAE:
         full = self.decoder["blocks"](full + self.decoder_pos)
         pred = self.decoder["pred"](self.decoder["norm"](full))
         target = self.patchify(x)
-        target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6).sqrt()
+        if self.norm_pix_loss:
+            target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6).sqrt()
         mask = torch.ones(b, n, device=x.device)
         mask[:, :keep] = 0
         mask = torch.gather(mask, 1, restore)
@@ -241,7 +246,7 @@ def train_standin(name: str, images: np.ndarray, counts: np.ndarray | None = Non
         modules = [net.encoder, net.head]
         targets = torch.from_numpy(counts).to(device)
     else:
-        net = _MAE(hp["mask_ratio"])
+        net = _MAE(hp["mask_ratio"], hp["norm_pix_loss"])
         modules = [net.vit, net.decoder]
         targets = None
     net.to(device)
@@ -295,7 +300,8 @@ def save_standin(name: str, model, folder, training: dict[str, Any]) -> None:
 
 def train_encoder(lake, name: str, epochs: int | None = None, batch_size: int | None = None,
                   learning_rate: float | None = None, seed: int = 0, limit: int | None = None,
-                  splits=("train",), device: str | None = None, log=print) -> dict[str, Any]:
+                  splits=("train",), device: str | None = None, precision: str = "auto",
+                  log=print) -> dict[str, Any]:
     """Train a stand-in on this lake's images (and volunteer votes) and store it in the lake.
 
     Writes ``lake.model_dir("encoders", name)`` atomically; returns a summary (losses, seconds).
@@ -306,7 +312,7 @@ def train_encoder(lake, name: str, epochs: int | None = None, batch_size: int | 
     counts = vote_counts(lake, ids) if name == "zoobot-synth" else None
     log(f"training {name} on {len(ids)} images from {lake.root}")
     model, training = train_standin(name, images, counts, epochs, batch_size, learning_rate,
-                                    seed, device, log=log)
+                                    seed, device, precision, log=log)
     params = {"encoder": name, "seed": seed, "limit": limit, "splits": list(splits),
               **{k: v for k, v in training.items() if k not in ("losses", "seconds")}}
     with lake.transaction("train-encoder", params, upstream=["images", "votes"]) as tx:

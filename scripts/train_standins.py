@@ -5,7 +5,7 @@ are unseen), trains each stand-in with ``galsae-lake train-encoder``'s code into
 and copies the hub-layout folders (config.json + float16 model.safetensors, each under 10 MB)
 into the package.
 
-    python scripts/train_standins.py [--n 4000] [--seed 2026] [--zoobot-epochs 6] [--mae-epochs 8]
+    python scripts/train_standins.py [--n 8000] [--seed 2026] [--zoobot-epochs 24] [--mae-epochs 12]
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from galsae_lake.standins import train_encoder
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=4000, help="synthetic galaxies (80%% train)")
+    parser.add_argument("--n", type=int, default=8000, help="synthetic galaxies (80%% train)")
     parser.add_argument("--seed", type=int, default=2026)
-    parser.add_argument("--zoobot-epochs", type=int, default=6)
-    parser.add_argument("--mae-epochs", type=int, default=8)
+    parser.add_argument("--zoobot-epochs", type=int, default=24)
+    parser.add_argument("--mae-epochs", type=int, default=12)
     parser.add_argument("--only", choices=["zoobot-synth", "mae-synth"], default=None)
     parser.add_argument("--device", default=None)
     parser.add_argument("--out", type=Path, default=SHIPPED_WEIGHTS)

@@ -304,14 +304,16 @@ def test_train_encoder_stores_weights_that_embed_uses(lake, tmp_path):
             "total": pa.array([5] * len(rows), pa.int32()),
             "fraction": [r[3] / 5 for r in rows]}), partition={"catalog": "volunteers", "split": "train"})
     for name, dim in (("zoobot-synth", 320), ("mae-synth", 192)):
-        summary = train_encoder(lake, name, epochs=1, batch_size=4, log=lambda s: None)
+        summary = train_encoder(lake, name, epochs=1, batch_size=4, precision="fp32",
+                                log=lambda s: None)
         assert len(summary["losses"]) == 1 and np.isfinite(summary["losses"][0])
         folder = lake.model_dir("encoders", name)
         config = json.loads((folder / "config.json").read_text())
         assert config["galsae_lake"]["encoder"] == name
         _, info = load_encoder(name, None, lake)
         assert info.weights == "lake" and info.embedding_dim == dim
-    result = cli("embed", "--encoder", "mae-synth", "--splits", "test", lake=lake.root)
+    result = cli("embed", "--encoder", "mae-synth", "--splits", "test", "--precision", "fp32",
+                 lake=lake.root)
     assert result.exit_code == 0, result.output
     meta = lake.info("embeddings")["partitions"]["encoder=mae-synth/split=test"]
     assert meta["weights"] == "lake"
