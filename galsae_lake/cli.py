@@ -289,7 +289,7 @@ def ingest_hf_embeddings_cmd(ctx, dataset, column, encoder, config, splits, limi
     "galsae-lake train-encoder --encoder zoobot-synth --epochs 2 --limit 500"))
 @click.option("--encoder", required=True, type=click.Choice(["zoobot-synth", "mae-synth"]),
               help="zoobot-synth (supervised on votes) or mae-synth (masked autoencoder).")
-@click.option("--epochs", type=int, default=None, help="[default: 12 zoobot-synth, 30 mae-synth]")
+@click.option("--epochs", type=int, default=None, help="[default: 24 zoobot-synth, 12 mae-synth]")
 @click.option("--batch-size", type=int, default=None, help="[default: 128]")
 @click.option("--learning-rate", type=float, default=None)
 @click.option("--seed", type=int, default=0, show_default=True)
