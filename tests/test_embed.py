@@ -167,6 +167,10 @@ def test_bad_embed_input_is_one_line_and_leaves_the_lake_unchanged(lake, tmp_pat
 
     save_file(encoders.build_model(ENCODERS["mae-synth"]).state_dict(), str(mae))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants
+
+    # read at import time: patch the constant too, so the hub attempt fails at once
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     cases = [
         (("embed", "--encoder", "nonsense-net"), "unknown encoder"),
         (("embed", "--encoder", "zoobot-synth", "--weights", str(mae)), "do not fit"),
