@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import shutil
 import tempfile
 
 import numpy as np
@@ -140,6 +141,7 @@ def main() -> None:
         with open(args.json, "w") as handle:
             json.dump({"n": args.n, "seed": args.seed, "positives": counts, "auc": table}, handle,
                       indent=1)
+    shutil.rmtree(lake.root, ignore_errors=True)
 
 
 if __name__ == "__main__":
