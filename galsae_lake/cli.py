@@ -353,3 +353,105 @@ def demo(ctx: click.Context, n: int, seed: int, formats: str) -> None:
                       formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
                       log=lambda line: click.echo(line, err=True))
     click.echo(format_summary(result))
+
+
+# ---- embed ----
+def _echo_err(line: str) -> None:
+    click.echo(line, err=True)
+
+
+@main.command(epilog=example("galsae-lake embed --encoder zoobot-synth --splits train,test"))
+@click.option("--encoder", required=True,
+              help="zoobot-euclid, mae-euclid, zoobot-synth, mae-synth or any timm model name.")
+@click.option("--weights", default=None,
+              help="hub, random, PATH (hub-layout folder or state-dict file); for the stand-ins "
+                   "also lake or shipped [default: hub; stand-ins: lake, else shipped].")
+@click.option("--splits", default=None, help="Comma-separated splits [default: all of images].")
+@click.option("--batch-size", type=int, default=None,
+              help="Images per batch [default: sized to the device].")
+@click.option("--device", default=None, help="cpu, cuda, cuda:1 ... [default: cuda if available].")
+@click.option("--shard", default=None,
+              help="i/n: embed only shard i of n (by id hash); the last shard merges them.")
+@click.option("--workers", type=int, default=None, help="Decoding processes [default: by device].")
+@click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto",
+              show_default=True, help="bf16 autocast on GPUs and bf16-capable CPUs with auto.")
+@click.option("--as", "tag", default=None, help="Store under this encoder name [default: --encoder].")
+@click.option("--force", is_flag=True, help="Recompute splits already embedded with these weights.")
+@click.pass_context
+def embed(ctx, encoder, weights, splits, batch_size, device, shard, workers, precision, tag, force):
+    """Embed the images table into the embeddings table (one partition per encoder and split)."""
+    from galsae_lake.encoders import embed as run_embed
+
+    summary = run_embed(lake_of(ctx), encoder, weights=weights,
+                        splits=splits.split(",") if splits else None, batch_size=batch_size,
+                        device=device, shard=shard, workers=workers, precision=precision,
+                        force=force, tag=tag, log=_echo_err)
+    click.echo(f"embeddings encoder={summary['encoder']}")
+
+
+@ingest.command("embeddings", epilog=example(
+    "galsae-lake ingest embeddings train_embeddings.npy --ids train_ids.npy --split train "
+    "--encoder zoobot-euclid"))
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--encoder", required=True, help="The encoder name to store them under.")
+@click.option("--column", default="embedding", show_default=True, help="The vector column.")
+@click.option("--id-column", default="id_str", show_default=True)
+@click.option("--split-column", default="split", show_default=True,
+              help="Used when the file has it; else --split, else the galaxies catalogue.")
+@click.option("--split", default=None, help="The split of every row.")
+@click.option("--ids", type=click.Path(dir_okay=False), default=None,
+              help="For a .npy matrix: the .npy of ids [default: the name with embeddings->ids].")
+@click.pass_context
+def ingest_embeddings_cmd(ctx, file, encoder, column, id_column, split_column, split, ids):
+    """Store embeddings from FILE (Parquet with an id and a list column, or .npy + ids .npy)."""
+    from galsae_lake.ingest_embeddings import ingest_embeddings
+
+    summary = ingest_embeddings(lake_of(ctx), file, encoder, column=column, id_column=id_column,
+                                split_column=split_column, split=split, ids=ids, log=_echo_err)
+    click.echo(f"embeddings encoder={summary['encoder']}")
+
+
+@ingest.command("hf-embeddings", epilog=example(
+    "galsae-lake ingest hf-embeddings --dataset mwalmsley/euclid_q1_embeddings "
+    "--column pooled_features_block_11 --encoder mae-euclid"))
+@click.option("--dataset", required=True, help="Hugging Face dataset name or a save_to_disk folder.")
+@click.option("--column", required=True, help="The list column, e.g. pooled_features_block_11.")
+@click.option("--encoder", required=True, help="The encoder name to store them under.")
+@click.option("--config", default=None, help="The dataset configuration (subset).")
+@click.option("--splits", default=None, help="Comma-separated splits [default: all].")
+@click.option("--limit", type=int, default=None, help="At most N rows per split.")
+@click.option("--id-column", default="id_str", show_default=True)
+@click.pass_context
+def ingest_hf_embeddings_cmd(ctx, dataset, column, encoder, config, splits, limit, id_column):
+    """Store precomputed embeddings from a Hugging Face dataset (id_str plus list columns)."""
+    from galsae_lake.ingest_embeddings import ingest_hf_embeddings
+
+    summary = ingest_hf_embeddings(lake_of(ctx), dataset, column, encoder, config=config,
+                                   splits=splits.split(",") if splits else None, limit=limit,
+                                   id_column=id_column, log=_echo_err)
+    click.echo(f"embeddings encoder={summary['encoder']}")
+
+
+@main.command("train-encoder", epilog=example(
+    "galsae-lake train-encoder --encoder zoobot-synth --epochs 2 --limit 500"))
+@click.option("--encoder", required=True, type=click.Choice(["zoobot-synth", "mae-synth"]),
+              help="zoobot-synth (supervised on votes) or mae-synth (masked autoencoder).")
+@click.option("--epochs", type=int, default=None, help="[default: 24 zoobot-synth, 12 mae-synth]")
+@click.option("--batch-size", type=int, default=None, help="[default: 128]")
+@click.option("--learning-rate", type=float, default=None)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--limit", type=int, default=None, help="Train on at most N images.")
+@click.option("--device", default=None, help="cpu, cuda ... [default: cuda if available].")
+@click.pass_context
+def train_encoder_cmd(ctx, encoder, epochs, batch_size, learning_rate, seed, limit, device):
+    """Train an offline stand-in encoder on the lake's train images and store its weights there.
+
+    `galsae-lake embed --encoder NAME` then uses these weights (the lake's copy comes before the
+    package's shipped ones).
+    """
+    from galsae_lake.standins import train_encoder
+
+    summary = train_encoder(lake_of(ctx), encoder, epochs=epochs, batch_size=batch_size,
+                            learning_rate=learning_rate, seed=seed, limit=limit, device=device,
+                            log=_echo_err)
+    click.echo(f"encoder {summary['encoder']} ({summary['folder']})")

@@ -101,6 +101,10 @@ TABLES: dict[str, TableSpec] = {
               "the planted morphology of synthetic galaxies, long: one row per galaxy and factor"),
         _spec("embeddings", ["encoder", "split"], [("id_str", _S), ("embedding", VECTOR)],
               "image-model embeddings, one fixed-size float32 vector per galaxy"),
+        _spec("embedding_shards", ["encoder", "split", "shard"],
+              [("id_str", _S), ("embedding", VECTOR)],
+              "embeddings of one shard (embed --shard i/n, shard=i-of-n), merged into embeddings "
+              "when all n are done"),
         _spec("sae_runs", [], [("run_id", _S), ("encoder", _S), ("config", _S), ("checkpoint", _S),
                                ("metrics", _S), ("created_at", _TS)],
               "one row per trained sparse autoencoder", key="run_id"),

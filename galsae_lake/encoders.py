@@ -1,0 +1,690 @@
+"""Image encoders by name, and the fast extraction loop that fills the ``embeddings`` table.
+
+Encoders (the registry, :data:`ENCODERS`):
+
+    zoobot-euclid  timm hf-hub:mwalmsley/zoobot-encoder-euclid (ConvNeXt-nano, 640-d, 224 px)
+    mae-euclid     timm hf-hub:mwalmsley/euclid_encoder_mae_zoobot_vit_small_patch8_224 (ViT-S/8, 384-d)
+    zoobot-synth   offline stand-in: ConvNeXt-atto supervised on simulated votes (320-d, 64 px)
+    mae-synth      offline stand-in: ViT (patch 8, 6 blocks) masked autoencoder (192-d, 64 px)
+    <timm name>    any timm architecture (timm's pretrained weights with ``hub``)
+
+Weights (``weights=``): ``hub`` (download, the default for the Euclid encoders), ``random`` (the
+same architecture untrained, seeded), a PATH (a folder in the hub layout, ``config.json`` +
+``model.safetensors``, loaded through timm's ``local-dir:`` source exactly as the hub's files are;
+or one ``.safetensors``/``.pth`` state dict), and for the stand-ins ``lake`` (trained into this
+lake by ``train-encoder``) or ``shipped`` (the package's small weights); their default is the
+lake's copy when there is one, else the shipped one.
+
+The embedding is what the seed hooks: the output of the model's ``head`` with no classifier, i.e.
+timm's ``forward_head(forward_features(x), pre_logits=True)`` (pooled, normed features).
+Pixels are scaled to [0, 1] and, for the Zoobot-family encoders, not normalized further (as
+Zoobot trains and the seed embeds); other timm models use their pretrained mean/std.
+
+Speed: image bytes are decoded (JPEG draft mode) and resized in DataLoader workers, one whole
+batch per worker call, and travel as uint8 (4x less than float); an image smaller than the model
+input is shipped at its native size and upsampled on the device. Pinned memory, channels_last
+and bf16 autocast on a GPU (also on CPUs with native bf16), batch size probed from free GPU
+memory. A corrupt image is reported and skipped, never zero-filled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import sys
+import time
+import zlib
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from galsae_lake.errors import InputError, LakeError
+
+#: where the package keeps its shipped stand-in weights (one folder per encoder, hub layout)
+SHIPPED_WEIGHTS = Path(__file__).resolve().parent / "weights"
+#: the seed that makes ``--weights random`` reproducible
+RANDOM_SEED = 0
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """A named encoder: its timm architecture, where its weights live, and its input."""
+
+    name: str
+    arch: str
+    hub: str | None
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    model_args: dict = field(default_factory=dict)
+    standin: bool = False
+    description: str = ""
+
+
+_UNIT = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+
+ENCODERS: dict[str, EncoderSpec] = {
+    spec.name: spec
+    for spec in [
+        EncoderSpec("zoobot-euclid", "convnext_nano", "hf-hub:mwalmsley/zoobot-encoder-euclid", 224,
+                    *_UNIT, description="Zoobot ConvNeXt-nano trained on Euclid Galaxy Zoo votes (640-d)"),
+        EncoderSpec("mae-euclid", "vit_small_patch8_224",
+                    "hf-hub:mwalmsley/euclid_encoder_mae_zoobot_vit_small_patch8_224", 224, *_UNIT,
+                    description="ViT-S/8 masked autoencoder trained on Euclid images (384-d)"),
+        EncoderSpec("zoobot-synth", "convnext_atto", None, 64, *_UNIT, standin=True,
+                    description="offline stand-in: ConvNeXt-atto supervised on simulated votes (320-d)"),
+        EncoderSpec("mae-synth", "vit_tiny_patch16_224", None, 64, *_UNIT,
+                    model_args={"img_size": 64, "patch_size": 8, "depth": 6, "global_pool": "avg"},
+                    standin=True,
+                    description="offline stand-in: ViT (patch 8, 6 blocks) masked autoencoder (192-d)"),
+    ]
+}
+
+
+@dataclass
+class EncoderInfo:
+    """What the extraction needs to know about a loaded encoder, and what the lake records."""
+
+    name: str
+    arch: str
+    weights: str            # how the weights were chosen: hub, random, path, lake, shipped
+    weights_id: str         # identifies the weights (hub id, seed or file hash): resume key
+    input_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    embedding_dim: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def encoder_tag(name: str) -> str:
+    """The ``encoder`` partition value for an encoder name (``hf-hub:a/b`` -> ``a-b``)."""
+    tag = name.split(":", 1)[-1] if ":" in name else name
+    return tag.replace("/", "-").replace(":", "-")
+
+
+def encoder_spec(name: str) -> EncoderSpec:
+    """The registry entry for ``name``; plain timm names get a spec from timm's pretrained config."""
+    if name in ENCODERS:
+        return ENCODERS[name]
+    import timm
+
+    if name.startswith(("hf-hub:", "hf_hub:")):
+        return EncoderSpec(name, name, name, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    base = name.split(".", 1)[0]
+    if not timm.is_model(base):
+        known = ", ".join(ENCODERS)
+        raise InputError(f"unknown encoder {name!r}: use one of {known} or a timm model name "
+                         f"(timm.list_models())")
+    cfg = timm.get_pretrained_cfg(name) or timm.get_pretrained_cfg(base)
+    size = int((getattr(cfg, "input_size", None) or (3, 224, 224))[-1])
+    mean = tuple(getattr(cfg, "mean", None) or (0.485, 0.456, 0.406))
+    std = tuple(getattr(cfg, "std", None) or (0.229, 0.224, 0.225))
+    return EncoderSpec(name, name, None, size, mean, std)
+
+
+def _file_digest(paths: Sequence[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()[:12]
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).strip().split())
+    return text[:300] + ("..." if len(text) > 300 else "")
+
+
+def standin_weights_dir(name: str, lake=None, weights: str | None = None) -> tuple[Path, str]:
+    """The folder holding a stand-in's weights and which one it is (``lake`` or ``shipped``)."""
+    candidates = []
+    if weights in (None, "lake") and lake is not None:
+        candidates.append((lake.model_dir("encoders", name), "lake"))
+    if weights in (None, "shipped"):
+        candidates.append((SHIPPED_WEIGHTS / name, "shipped"))
+    for folder, kind in candidates:
+        if (folder / "model.safetensors").exists():
+            return folder, kind
+    if weights == "lake":
+        raise InputError(f"encoder {name} has no weights in this lake; run "
+                         f"galsae-lake train-encoder --encoder {name} first")
+    raise InputError(f"encoder {name} has no weights (none shipped, none in the lake); run "
+                     f"galsae-lake train-encoder --encoder {name}")
+
+
+def build_model(spec: EncoderSpec, **overrides):
+    """The spec's architecture with random weights (seeded) and no classifier."""
+    import timm
+    import torch
+
+    torch.manual_seed(RANDOM_SEED)
+    args = {**spec.model_args, **overrides}
+    return timm.create_model(spec.arch, pretrained=False, num_classes=0, **args)
+
+
+def _load_state_file(path: Path) -> dict:
+    import torch
+
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_encoder(name: str, weights: str | None = None, lake=None):
+    """Load an encoder for inference: returns ``(model, EncoderInfo)``, the model in eval mode on CPU.
+
+    ``weights``: None (the encoder's default), ``hub``, ``random``, ``lake``, ``shipped`` or a PATH.
+    Raises InputError with one line for an unknown encoder, unreachable hub, or weights that do
+    not fit the architecture.
+    """
+    import timm
+    import torch
+
+    spec = encoder_spec(name)
+    kind = weights or ("hub" if not spec.standin else "default")
+    if spec.standin and kind in ("hub", "default", "lake", "shipped"):
+        if kind == "hub":
+            raise InputError(f"encoder {name} is an offline stand-in with no hub weights; use "
+                             f"--weights lake, shipped, random or a PATH")
+        folder, kind = standin_weights_dir(name, lake, None if kind == "default" else kind)
+        model, weights_id = _load_folder(spec, folder)
+    elif kind in ("lake", "shipped"):
+        raise InputError(f"--weights {kind} is for the stand-ins zoobot-synth and mae-synth only")
+    elif kind == "hub":
+        source = spec.hub or spec.arch
+        try:
+            model = timm.create_model(source, pretrained=True, num_classes=0,
+                                      **({} if spec.hub else spec.model_args))
+        except Exception as exc:  # offline, unknown repo, ...: one line, with the way out
+            raise InputError(f"could not load {name} weights from the hub ({_one_line(exc)}); "
+                             f"use --weights random or --weights PATH offline") from None
+        weights_id = f"hub:{source}"
+    elif kind == "random":
+        model = build_model(spec)
+        weights_id = f"random:{RANDOM_SEED}"
+    else:
+        path = Path(kind).expanduser()
+        if not path.exists():
+            raise InputError(f"--weights {kind}: no such file or folder (use hub, random or a PATH)")
+        if path.is_dir():
+            model, weights_id = _load_folder(spec, path)
+        else:
+            model = build_model(spec)
+            try:
+                state = _load_state_file(path)
+                model.load_state_dict(state, strict=True)
+            except Exception as exc:
+                raise InputError(f"weights {path} do not fit {name} ({spec.arch}): "
+                                 f"{_mismatch(exc)}") from None
+            weights_id = f"file:{_file_digest([path])}"
+        kind = "path"
+    model.eval()
+    with torch.inference_mode():
+        size = spec.input_size
+        probe = model.forward_head(model.forward_features(torch.zeros(1, 3, size, size)),
+                                   pre_logits=True)
+    dim = int(probe.shape[-1])
+    info = EncoderInfo(name=name, arch=spec.arch, weights=kind, weights_id=weights_id,
+                       input_size=spec.input_size, mean=tuple(spec.mean), std=tuple(spec.std),
+                       embedding_dim=dim)
+    return model, info
+
+
+def _mismatch(exc: BaseException) -> str:
+    """A one-line summary of a load_state_dict failure."""
+    text = str(exc)
+    if "size mismatch" in text:
+        first = next(line.strip() for line in text.splitlines() if "size mismatch" in line)
+        return first.rstrip(".")
+    if "Missing key" in text or "Unexpected key" in text:
+        lines = [line.strip() for line in text.splitlines() if "key(s)" in line]
+        return "; ".join(line[:160] + ("..." if len(line) > 160 else "") for line in lines)
+    return _one_line(exc)
+
+
+def _load_folder(spec: EncoderSpec, folder: Path):
+    """A hub-layout folder (config.json + model.safetensors) through timm's ``local-dir:`` source."""
+    import timm
+
+    config_file = folder / "config.json"
+    if not config_file.exists():
+        raise InputError(f"weights folder {folder} has no config.json (expected the hub layout: "
+                         f"config.json + model.safetensors)")
+    try:
+        config = json.loads(config_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{config_file} is not JSON ({exc})") from None
+    arch = config.get("architecture")
+    if spec.arch and not spec.arch.startswith(("hf-hub:", "hf_hub:")) and arch != spec.arch:
+        raise InputError(f"weights {folder} do not fit {spec.name}: they are for {arch}, "
+                         f"{spec.name} is {spec.arch}")
+    files = [p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".json")]
+    try:
+        model = timm.create_model(f"local-dir:{folder}", pretrained=True, num_classes=0)
+    except Exception as exc:
+        raise InputError(f"weights {folder} do not fit {spec.name} ({arch}): {_mismatch(exc)}") from None
+    return model, f"dir:{_file_digest(files)}"
+
+
+def save_hub_folder(model, folder: Path, arch: str, model_args: dict, input_size: int,
+                    mean=_UNIT[0], std=_UNIT[1], extra: dict | None = None, dtype=None) -> None:
+    """Write ``model`` as a hub-layout folder (``config.json`` + ``model.safetensors``) timm can load."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    save_file(state, str(folder / "model.safetensors"))
+    config = {
+        "architecture": arch,
+        "num_classes": 0,
+        "num_features": int(getattr(model, "num_features", 0)),
+        "model_args": dict(model_args),
+        "pretrained_cfg": {
+            "input_size": [3, input_size, input_size], "fixed_input_size": "img_size" in model_args,
+            "interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "center",
+            "mean": list(mean), "std": list(std), "num_classes": 0,
+        },
+        **(extra or {}),
+    }
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+
+
+# ---------------------------------------------------------------- image decoding (in workers)
+
+def decode_image(data: bytes, size: int) -> np.ndarray:
+    """PNG/JPEG bytes -> uint8 array (size, size, 3), RGB; raises on a corrupt image."""
+    from PIL import Image
+
+    from PIL import UnidentifiedImageError
+
+    try:
+        img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ValueError("not a readable PNG/JPEG image") from None
+    with img:
+        if img.format == "JPEG":
+            img.draft("RGB", (size, size))  # let libjpeg downscale while decoding
+        img = img.convert("RGB")
+        if img.size != (size, size):
+            img = img.resize((size, size), Image.BILINEAR)
+        return np.asarray(img, dtype=np.uint8)
+
+
+class _ImageBatches:
+    """Map-style dataset whose items are whole batches: indices -> (uint8 NHWC, kept, failed)."""
+
+    def __init__(self, images: pa.Array, size: int):
+        self.images = images
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, indices):
+        import torch
+
+        out = np.empty((len(indices), self.size, self.size, 3), dtype=np.uint8)
+        kept, failed = [], []
+        for i in indices:
+            value = self.images[i].as_py() if isinstance(self.images, pa.Array) else self.images[i]
+            try:
+                if value is None:
+                    raise ValueError("no image bytes")
+                out[len(kept)] = decode_image(value, self.size)
+                kept.append(i)
+            except Exception as exc:  # reported by the caller, never zero-filled
+                failed.append((i, _one_line(exc)[:200]))
+        return torch.from_numpy(out[: len(kept)]), torch.tensor(kept, dtype=torch.int64), failed
+
+
+def _load_size(images, target: int, probe: int = 16) -> int:
+    """The size images travel at: their native size when all probed ones are smaller than
+    ``target`` (the device upsamples, cheaper than shipping big tensors), else ``target``."""
+    from PIL import Image
+
+    n = len(images)
+    native = 0
+    for i in np.unique(np.linspace(0, n - 1, min(n, probe)).astype(int)):
+        value = images[int(i)].as_py() if isinstance(images, pa.Array) else images[int(i)]
+        try:
+            with Image.open(io.BytesIO(value)) as img:
+                native = max(native, *img.size)
+        except Exception:
+            continue
+    return native if 0 < native < target else target
+
+
+def resolve_device(device: str | None) -> str:
+    import torch
+
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: no CUDA device is available here")
+    return device
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """``auto``: bf16 on a GPU and on CPUs with native bf16 (AVX512-BF16/AMX), else fp32."""
+    import torch
+
+    if precision not in ("auto", "bf16", "fp32"):
+        raise InputError(f"--precision {precision}: use auto, bf16 or fp32")
+    if precision != "auto":
+        return precision
+    if device.startswith("cuda"):
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    try:
+        native = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    except (AttributeError, RuntimeError):
+        native = False
+    return "bf16" if native else "fp32"
+
+
+def default_workers(device: str) -> int:
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if device.startswith("cuda"):
+        return max(1, min(16, cpus - 1))
+    return max(1, min(4, cpus // 2))  # on a CPU the forward needs the cores more than decoding
+
+
+def auto_batch_size(model, info: EncoderInfo, device: str, precision: str) -> int:
+    """A batch size for the device: on a GPU the largest power of two using ~40% of free memory."""
+    import torch
+
+    if not device.startswith("cuda"):
+        return 64 if info.input_size <= 96 else 32
+    free, _ = torch.cuda.mem_get_info()
+    probe = 32
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    x = torch.zeros(probe, 3, info.input_size, info.input_size, device=device).contiguous(
+        memory_format=torch.channels_last)
+    with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16, enabled=precision == "bf16"):
+        _forward(model, x)
+    per_image = max(1, (torch.cuda.max_memory_allocated() - base) / probe)
+    torch.cuda.empty_cache()
+    fit = int(0.4 * free / per_image)
+    return int(max(32, min(1024, 2 ** int(math.log2(max(fit, 1))))))
+
+
+def _forward(model, x):
+    out = model.forward_head(model.forward_features(x), pre_logits=True)
+    if out.ndim == 3:  # a model that returns tokens: mean-pool them
+        out = out.mean(1)
+    return out
+
+
+@dataclass
+class Extraction:
+    """The result of :func:`extract`: embeddings of the images that decoded, in input order."""
+
+    embeddings: np.ndarray           # float32 [n_kept, d]
+    kept: np.ndarray                 # int64 indices into the input of the rows of ``embeddings``
+    failed: list[tuple[int, str]]    # (index, reason) of corrupt images, skipped
+    seconds: float
+    batch_size: int
+    precision: str
+    device: str
+    workers: int
+
+
+def extract(model, info: EncoderInfo, images, batch_size: int | None = None,
+            device: str | None = None, workers: int | None = None, precision: str = "auto",
+            progress: bool | str = True) -> Extraction:
+    """Embed encoded images (an Arrow binary array or a list of bytes) with ``model``.
+
+    Returns an :class:`Extraction`; corrupt images are listed in ``failed`` and left out.
+    """
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
+    from tqdm import tqdm
+
+    device = resolve_device(device)
+    precision = resolve_precision(precision, device)
+    cuda = device.startswith("cuda")
+    n = len(images)
+    start = time.perf_counter()
+    model = model.to(device)
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
+    if batch_size is None:
+        batch_size = auto_batch_size(model, info, device, precision)
+    if workers is None:
+        workers = default_workers(device)
+    if n <= 2 * batch_size:
+        workers = 0  # starting processes costs more than decoding a few images
+    if n == 0:
+        return Extraction(np.zeros((0, info.embedding_dim), np.float32), np.zeros(0, np.int64), [],
+                          0.0, batch_size, precision, device, workers)
+    size = _load_size(images, info.input_size)
+    dataset = _ImageBatches(images, size)
+    sampler = BatchSampler(SequentialSampler(range(n)), batch_size, drop_last=False)
+    loader_args = {}
+    if workers:
+        import multiprocessing
+
+        # fork shares the image bytes with the workers instead of pickling them to each
+        context = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+        loader_args = {"prefetch_factor": 4, "multiprocessing_context": context}
+    loader = DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=workers,
+                        pin_memory=cuda, **loader_args)
+    mean = torch.tensor(info.mean, device=device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(info.std, device=device).view(1, 3, 1, 1) * 255
+    outputs, kept_all, failed_all, pending = [], [], [], []
+    bar = tqdm(total=n, unit="img", desc=progress if isinstance(progress, str) else "embed",
+               disable=not progress, file=sys.stderr, leave=False)
+    with torch.inference_mode(), torch.autocast(device.split(":")[0], dtype=torch.bfloat16,
+                                                enabled=precision == "bf16"):
+        for pixels, kept, failed in loader:
+            failed_all.extend(failed)
+            if len(kept):
+                x = pixels.to(device, non_blocking=True).permute(0, 3, 1, 2).float()
+                if size != info.input_size:  # upsample small images on the device
+                    x = F.interpolate(x, size=(info.input_size, info.input_size), mode="bilinear",
+                                      align_corners=False)
+                x = ((x - mean) / std).contiguous(
+                    memory_format=torch.channels_last if cuda else torch.contiguous_format)
+                pending.append(_forward(model, x).float())
+                kept_all.append(kept)
+                if len(pending) >= 32:  # drain to host now and then, not every batch
+                    outputs.append(torch.cat(pending).cpu().numpy())
+                    pending = []
+            bar.update(len(kept) + len(failed))
+        if pending:
+            outputs.append(torch.cat(pending).cpu().numpy())
+    bar.close()
+    embeddings = np.concatenate(outputs) if outputs else np.zeros((0, info.embedding_dim), np.float32)
+    kept = torch.cat(kept_all).numpy() if kept_all else np.zeros(0, np.int64)
+    return Extraction(embeddings.astype(np.float32, copy=False), kept, failed_all,
+                      time.perf_counter() - start, batch_size, precision, device, workers)
+
+
+# ---------------------------------------------------------------- the embed command
+
+def parse_shard(shard: str | None) -> tuple[int, int] | None:
+    """``"i/n"`` -> (i, n) with 0 <= i < n."""
+    if shard is None:
+        return None
+    try:
+        i, n = (int(part) for part in shard.split("/"))
+    except ValueError:
+        raise InputError(f"--shard {shard}: expected i/n, e.g. 0/4") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise InputError(f"--shard {shard}: need 0 <= i < n")
+    return i, n
+
+
+def shard_mask(ids: Sequence[str], i: int, n: int) -> np.ndarray:
+    """Rows of shard i of n: a stable hash of the id (independent of order and machine)."""
+    return np.fromiter((zlib.crc32(s.encode()) % n == i for s in ids), dtype=bool, count=len(ids))
+
+
+def _images_version(lake, split: str) -> str | None:
+    meta = (lake.info("images").get("partitions") or {}).get(f"split={split}") or {}
+    return meta.get("written_at")
+
+
+def _done(lake, table: str, partition: dict, key: dict) -> bool:
+    """Is this partition already written with the same encoder weights and images?"""
+    if not lake.exists(table, **partition):
+        return False
+    name = "/".join(f"{k}={v}" for k, v in partition.items())
+    meta = (lake.info(table).get("partitions") or {}).get(name) or {}
+    return all(meta.get(k) == v for k, v in key.items())
+
+
+def embed(lake, encoder: str, weights: str | None = None, splits: Sequence[str] | None = None,
+          batch_size: int | None = None, device: str | None = None, shard: str | None = None,
+          workers: int | None = None, precision: str = "auto", force: bool = False,
+          tag: str | None = None, progress: bool = True, log=print) -> dict[str, Any]:
+    """Embed the ``images`` table with ``encoder`` into ``embeddings`` (partition encoder, split).
+
+    One transaction per split, so a run that stops keeps the splits already done; a split already
+    embedded with the same weights from the same images is skipped unless ``force``.
+    With ``shard="i/n"`` only the images whose id hashes to shard i are embedded, into
+    ``embedding_shards`` (encoder, split, shard=i-of-n); when all n shards of a split are there
+    (from any machine sharing the lake), they are merged into ``embeddings`` in one transaction.
+    Returns a summary dict (encoder, weights, per-split rows, skipped corrupt images, images/s).
+    """
+    if not lake.exists("images"):
+        raise LakeError(f"table images has no data in {lake.root}; run galsae-lake synth or "
+                        f"galsae-lake ingest hf first")
+    tag = tag or encoder_tag(encoder)
+    from galsae_lake.lake import check_partition_value
+
+    check_partition_value("encoder", tag)
+    sharding = parse_shard(shard)
+    available = [p["split"] for p in lake.partitions("images")]
+    wanted = list(splits) if splits else available
+    missing = [s for s in wanted if s not in available]
+    if missing:
+        raise InputError(f"images has no split {', '.join(missing)} (splits: {', '.join(available)})")
+    model, info = load_encoder(encoder, weights, lake)
+    _check_dim(lake, tag, info.embedding_dim)
+    summary = {"encoder": tag, "weights": info.weights, "weights_id": info.weights_id,
+               "embedding_dim": info.embedding_dim, "splits": {}}
+    for split in wanted:
+        key = {"weights_id": info.weights_id, "images_written_at": _images_version(lake, split),
+               "input_size": info.input_size}
+        if sharding:
+            i, n = sharding
+            partition = {"encoder": tag, "split": split, "shard": f"{i}-of-{n}"}
+            table = "embedding_shards"
+        else:
+            partition, table = {"encoder": tag, "split": split}, "embeddings"
+        if not force and _done(lake, table, partition, key):
+            log(f"embeddings {tag}/{split}{' shard ' + shard if sharding else ''}: already done "
+                f"with these weights and images, skipped (--force to redo)")
+            summary["splits"][split] = {"skipped": True}
+            if sharding:
+                _merge_shards(lake, tag, split, sharding[1], key, summary, log)
+            continue
+        images = lake.arrow("images", columns=["id_str", "image"], split=split)
+        ids = images.column("id_str").to_pylist()
+        column = images.column("image").combine_chunks()
+        if sharding:
+            mask = shard_mask(ids, *sharding)
+            column = column.filter(pa.array(mask))
+            ids = [s for s, m in zip(ids, mask) if m]
+        result = extract(model, info, column, batch_size, device, workers, precision,
+                         progress=f"embed {tag}/{split}" if progress else False)
+        corrupt = [ids[i] for i, _ in result.failed]
+        for i, reason in result.failed[:5]:
+            log(f"corrupt image {ids[i]} in images/split={split}: {reason}; skipped")
+        if len(result.failed) > 5:
+            log(f"... and {len(result.failed) - 5} more corrupt images skipped")
+        if len(result.kept) == 0:
+            raise InputError(f"images/split={split}: no image could be decoded "
+                             f"({len(result.failed)} corrupt)")
+        _check_finite(result.embeddings, [ids[i] for i in result.kept[:1]], f"{tag}/{split}")
+        table_data = pa.table({"id_str": pa.array([ids[i] for i in result.kept], pa.string()),
+                               "embedding": _vector_array(result.embeddings)})
+        rate = (len(result.kept) + len(result.failed)) / max(result.seconds, 1e-9)
+        meta = {**key, "encoder_name": encoder, "weights": info.weights, "arch": info.arch,
+                "embedding_dim": info.embedding_dim, "skipped_corrupt": len(corrupt),
+                "corrupt_ids": corrupt[:100], "precision": result.precision,
+                "device": result.device, "batch_size": result.batch_size,
+                "images_per_s": round(rate, 1)}
+        params = {"encoder": encoder, "weights": info.weights_id, "split": split, "tag": tag,
+                  "shard": shard}
+        with lake.transaction("embed", params, upstream=["images"]) as tx:
+            tx.write(table, table_data, partition=partition, info=meta)
+        log(f"embeddings {tag}/{split}{' shard ' + shard if sharding else ''}: "
+            f"{table_data.num_rows} rows, {info.embedding_dim}-d, {len(corrupt)} corrupt skipped, "
+            f"{rate:.0f} images/s ({result.device}, {result.precision}, batch {result.batch_size})")
+        summary["splits"][split] = {"rows": table_data.num_rows, "skipped_corrupt": len(corrupt),
+                                    "images_per_s": rate}
+        if sharding:
+            _merge_shards(lake, tag, split, sharding[1], key, summary, log)
+    return summary
+
+
+def _vector_array(matrix: np.ndarray) -> pa.FixedSizeListArray:
+    from galsae_lake.lake import vector_array
+
+    return vector_array(matrix)
+
+
+def _check_finite(matrix: np.ndarray, first_ids: list[str], where: str) -> None:
+    bad = ~np.isfinite(matrix).all(axis=1)
+    if bad.any():
+        raise InputError(f"{where}: the encoder produced NaN/inf for {int(bad.sum())} images")
+
+
+def _check_dim(lake, tag: str, dim: int) -> None:
+    """Every partition of one encoder holds vectors of one size."""
+    import pyarrow.parquet as pq
+
+    for path in lake.files("embeddings", encoder=tag):
+        have = pq.read_schema(path).field("embedding").type.list_size
+        if have != dim:
+            raise InputError(f"encoder {tag} already has {have}-d embeddings in the lake; these "
+                             f"are {dim}-d (store them under another name with --as NAME)")
+
+
+def _merge_shards(lake, tag: str, split: str, n: int, key: dict, summary: dict, log) -> None:
+    """When all n shards of (tag, split) are present with the same key, write ``embeddings``."""
+    shards = [f"{i}-of-{n}" for i in range(n)]
+    done = [s for s in shards if _done(lake, "embedding_shards",
+                                       {"encoder": tag, "split": split, "shard": s}, key)]
+    if len(done) < n:
+        log(f"embeddings {tag}/{split}: {len(done)} of {n} shards done; the last shard to finish "
+            f"merges them into embeddings")
+        return
+    if _done(lake, "embeddings", {"encoder": tag, "split": split}, {**key, "merged_shards": n}):
+        return
+    parts = [lake.arrow("embedding_shards", columns=["id_str", "embedding"], encoder=tag,
+                        split=split, shard=s) for s in shards]
+    merged = pa.concat_tables(parts)
+    info_all = lake.info("embedding_shards").get("partitions", {})
+    corrupt = sum((info_all.get(f"encoder={tag}/split={split}/shard={s}") or {}).get(
+        "skipped_corrupt", 0) for s in shards)
+    if len(set(merged.column("id_str").to_pylist())) != merged.num_rows:
+        raise LakeError(f"embedding_shards {tag}/{split}: shards overlap (duplicate ids)")
+    with lake.transaction("embed", {"encoder": tag, "split": split, "merge_shards": n},
+                          upstream=["embedding_shards"]) as tx:
+        tx.write("embeddings", merged, partition={"encoder": tag, "split": split},
+                 info={**key, "merged_shards": n, "skipped_corrupt": corrupt})
+    log(f"embeddings {tag}/{split}: merged {n} shards, {merged.num_rows} rows")
+    summary["splits"].setdefault(split, {})["merged_rows"] = merged.num_rows
