@@ -334,7 +334,7 @@ def analyze(ctx: click.Context, model_id: str, split: str, catalog: str, exclude
 
 # ---- demo ----
 @main.command(epilog=example("galsae-lake --lake /tmp/demo-lake demo --n 2000"))
-@click.option("--n", "n", type=click.IntRange(min=200), default=4000, show_default=True,
+@click.option("--n", "n", type=click.IntRange(min=200), default=10000, show_default=True,
               help="Synthetic galaxies to build (80% train, 20% test).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic world.")
 @click.option("--format", "formats", default="html,png", show_default=True,

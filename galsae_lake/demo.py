@@ -21,7 +21,7 @@ import polars as pl
 from galsae_lake.lake import Lake
 
 ENCODERS = ("zoobot-synth", "mae-synth")
-DEFAULT_N = 4000
+DEFAULT_N = 10000
 
 #: planted factors reported in the summary: (factor, what it is, asked by the Galaxy Zoo tree?)
 PLANTED: tuple[tuple[str, str, bool], ...] = (
