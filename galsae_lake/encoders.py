@@ -24,7 +24,9 @@ Speed: image bytes are decoded (JPEG draft mode) and resized in DataLoader worke
 batch per worker call, and travel as uint8 (4x less than float); an image smaller than the model
 input is shipped at its native size and upsampled on the device. Pinned memory, channels_last
 and bf16 autocast on a GPU (also on CPUs with native bf16), batch size probed from free GPU
-memory. A corrupt image is reported and skipped, never zero-filled.
+memory. A corrupt image is reported and skipped, never zero-filled. ``embed`` streams: images
+are read from the partition file in chunks and travel to the workers inside their tasks, and
+embeddings go into the partition through the lake's streaming writer, so memory stays bounded.
 """
 
 from __future__ import annotations

@@ -75,8 +75,11 @@ def main() -> None:
     for _ in range(args.rounds):
         for code in args.code:
             env = {**os.environ, "PYTHONPATH": code}
-            out = subprocess.run([sys.executable, "-c", CHILD, args.lake], env=env, check=True,
-                                 capture_output=True, text=True).stdout
+            done = subprocess.run([sys.executable, "-c", CHILD, args.lake], env=env,
+                                  capture_output=True, text=True)
+            if done.returncode:
+                raise SystemExit(f"{code}: embed failed\n{done.stderr[-2000:]}")
+            out = done.stdout
             print(json.dumps({"code": code, **json.loads(out.strip().splitlines()[-1])}), flush=True)
 
 
