@@ -1,4 +1,4 @@
-"""Peak memory (RSS) and images/s of ``embed`` on one split of N synthetic 64-px PNGs.
+"""Peak memory (RSS) and images/s of ``embed`` on one split of N synthetic PNGs (64 px by default).
 
 Builds (once) a lake with N noisy 64-px PNG galaxies in split ``train``, then runs ``embed``
 (zoobot-synth, shipped weights) in a fresh process per round and prints that process's peak RSS
@@ -34,7 +34,7 @@ print(json.dumps({"rows": split["rows"], "images_per_s": round(split["images_per
 """
 
 
-def build(root: Path, n: int) -> None:
+def build(root: Path, n: int, size: int = 64) -> None:
     import numpy as np
     import pyarrow as pa
     from PIL import Image
@@ -45,14 +45,15 @@ def build(root: Path, n: int) -> None:
     if lake.exists("images", split="train"):
         return
     rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[:64, :64] - 32
+    yy, xx = np.mgrid[:size, :size] - size / 2
     with lake.transaction("bench-images") as tx:
         writer = tx.writer("images", {"split": "train"})
         for start in range(0, n, 1000):
             ids, blobs = [], []
             for i in range(start, min(n, start + 1000)):
-                light = np.exp(-(xx ** 2 + (yy / rng.uniform(0.3, 1)) ** 2) / (2 * rng.uniform(2, 8) ** 2))
-                img = np.clip(light[..., None] * [200, 180, 150] + rng.normal(10, 4, (64, 64, 3)), 0, 255)
+                light = np.exp(-(xx ** 2 + (yy / rng.uniform(0.3, 1)) ** 2) / (2 * (rng.uniform(2, 8) * size / 64) ** 2))
+                img = np.clip(light[..., None] * [200, 180, 150] + rng.normal(10, 4, (size, size, 3)),
+                              0, 255)
                 out = io.BytesIO()
                 Image.fromarray(img.astype(np.uint8)).save(out, "PNG")
                 ids.append(f"g{i}")
@@ -68,10 +69,11 @@ def main() -> None:
     parser.add_argument("--code", nargs="*", default=[str(Path(__file__).resolve().parents[1])],
                         help="checkouts to compare (each the folder holding galsae_lake/)")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--size", type=int, default=64, help="image side in px (noisy PNG)")
     args = parser.parse_args()
-    build(Path(args.lake), args.n)
+    build(Path(args.lake), args.n, args.size)
     size = sum(f.stat().st_size for f in Path(args.lake, "images").rglob("*.parquet"))
-    print(f"images: {args.n} PNGs, {size / 1e6:.0f} MB on disk", flush=True)
+    print(f"images: {args.n} {args.size}-px PNGs, {size / 1e6:.0f} MB on disk", flush=True)
     for _ in range(args.rounds):
         for code in args.code:
             env = {**os.environ, "PYTHONPATH": code}
