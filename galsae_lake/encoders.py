@@ -24,7 +24,9 @@ Speed: image bytes are decoded (JPEG draft mode) and resized in DataLoader worke
 batch per worker call, and travel as uint8 (4x less than float); an image smaller than the model
 input is shipped at its native size and upsampled on the device. Pinned memory, channels_last
 and bf16 autocast on a GPU (also on CPUs with native bf16), batch size probed from free GPU
-memory. A corrupt image is reported and skipped, never zero-filled.
+memory. A corrupt image is reported and skipped, never zero-filled. ``embed`` streams: images
+are read from the partition file in chunks and travel to the workers inside their tasks, and
+embeddings go into the partition through the lake's streaming writer, so memory stays bounded.
 """
 
 from __future__ import annotations
@@ -328,23 +330,66 @@ def decode_image(data: bytes, size: int) -> np.ndarray:
         return np.asarray(img, dtype=np.uint8)
 
 
-class _ImageBatches:
-    """Map-style dataset whose items are whole batches: indices -> (uint8 NHWC, kept, failed)."""
+#: rows ``embed`` reads from an ``images`` file at a time (bounds memory; not the batch size)
+CHUNK_ROWS = 1024
+#: images per DataLoader task: a larger model batch is put together from several on the device,
+#: so the image bytes in flight to the workers stay small even with GPU batches of 1024
+PIECE_ROWS = 128
 
-    def __init__(self, images: pa.Array, size: int):
-        self.images = images
+
+class _Piece:
+    """A worker task: encoded images with their positions in the input, and whether the model
+    batch they belong to ends with them."""
+
+    __slots__ = ("index", "blobs", "last")
+
+    def __init__(self, index: list[int], blobs: list, last: bool):
+        self.index, self.blobs, self.last = index, blobs, last
+
+
+class _Pieces:
+    """The DataLoader's sampler: iterates ``chunks`` of (positions, images) lazily (in the main
+    process, a few tasks ahead of the workers) and cuts them into model batches of
+    ``batch_size`` images, each sent as pieces of at most ``piece`` images. The batches are the
+    same whatever the chunk size."""
+
+    def __init__(self, chunks, batch_size: int, piece: int):
+        self.chunks, self.batch_size = chunks, batch_size
+        k = max(1, math.ceil(batch_size / max(1, piece)))
+        self.piece = math.ceil(batch_size / k)
+
+    def __iter__(self):
+        index: list[int] = []
+        blobs: list = []
+        for positions, images in self.chunks:
+            if isinstance(images, (pa.Array, pa.ChunkedArray)):
+                images = images.to_pylist()
+            index.extend(int(i) for i in positions)
+            blobs.extend(images)
+            while len(index) >= self.batch_size:
+                yield from self._batch(index[: self.batch_size], blobs[: self.batch_size])
+                del index[: self.batch_size], blobs[: self.batch_size]
+        if index:
+            yield from self._batch(index, blobs)
+
+    def _batch(self, index, blobs):
+        for start in range(0, len(index), self.piece):
+            stop = start + self.piece
+            yield _Piece(index[start:stop], blobs[start:stop], stop >= len(index))
+
+
+class _ImageBatches:
+    """Map-style dataset whose items are whole pieces: _Piece -> (uint8 NHWC, kept, failed, last)."""
+
+    def __init__(self, size: int):
         self.size = size
 
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, indices):
+    def __getitem__(self, piece: _Piece):
         import torch
 
-        out = np.empty((len(indices), self.size, self.size, 3), dtype=np.uint8)
+        out = np.empty((len(piece.index), self.size, self.size, 3), dtype=np.uint8)
         kept, failed = [], []
-        for i in indices:
-            value = self.images[i].as_py() if isinstance(self.images, pa.Array) else self.images[i]
+        for i, value in zip(piece.index, piece.blobs):
             try:
                 if value is None:
                     raise ValueError("no image bytes")
@@ -352,7 +397,8 @@ class _ImageBatches:
                 kept.append(i)
             except Exception as exc:  # reported by the caller, never zero-filled
                 failed.append((i, _one_line(exc)[:200]))
-        return torch.from_numpy(out[: len(kept)]), torch.tensor(kept, dtype=torch.int64), failed
+        return (torch.from_numpy(out[: len(kept)]), torch.tensor(kept, dtype=torch.int64), failed,
+                piece.last)
 
 
 def _load_size(images, target: int, probe: int = 16) -> int:
@@ -454,70 +500,123 @@ def extract(model, info: EncoderInfo, images, batch_size: int | None = None,
 
     Returns an :class:`Extraction`; corrupt images are listed in ``failed`` and left out.
     """
-    import torch
-    import torch.nn.functional as F
-    from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
-    from tqdm import tqdm
-
-    device = resolve_device(device)
-    precision = resolve_precision(precision, device)
-    cuda = device.startswith("cuda")
     n = len(images)
-    start = time.perf_counter()
-    model = model.to(device)
-    if cuda:
-        model = model.to(memory_format=torch.channels_last)
-        torch.backends.cudnn.benchmark = True
-    if batch_size is None:
-        batch_size = auto_batch_size(model, info, device, precision)
-    if workers is None:
-        workers = default_workers(device)
-    if n <= 2 * batch_size:
-        workers = 0  # starting processes costs more than decoding a few images
-    if n == 0:
-        return Extraction(np.zeros((0, info.embedding_dim), np.float32), np.zeros(0, np.int64), [],
-                          0.0, batch_size, precision, device, workers)
     size = _load_size(images, info.input_size)
-    dataset = _ImageBatches(images, size)
-    sampler = BatchSampler(SequentialSampler(range(n)), batch_size, drop_last=False)
-    loader_args = {}
-    if workers:
-        import multiprocessing
+    chunks = ((np.arange(start, min(n, start + CHUNK_ROWS)), images[start:start + CHUNK_ROWS])
+              for start in range(0, n, CHUNK_ROWS))
+    run = ExtractionStream(model, info, chunks, n, size, batch_size, device, workers, precision,
+                           progress)
+    outputs, kept_all, failed_all = [], [], []
+    for embeddings, kept, failed in run:
+        outputs.append(embeddings)
+        kept_all.append(kept)
+        failed_all.extend(failed)
+    embeddings = np.concatenate(outputs) if outputs else np.zeros((0, info.embedding_dim), np.float32)
+    kept = np.concatenate(kept_all) if kept_all else np.zeros(0, np.int64)
+    return Extraction(embeddings, kept, failed_all, run.seconds, run.batch_size, run.precision,
+                      run.device, run.workers)
 
-        # fork shares the image bytes with the workers instead of pickling them to each
-        context = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
-        loader_args = {"prefetch_factor": 4, "multiprocessing_context": context}
-    loader = DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=workers,
-                        pin_memory=cuda, **loader_args)
-    mean = torch.tensor(info.mean, device=device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(info.std, device=device).view(1, 3, 1, 1) * 255
-    outputs, kept_all, failed_all, pending = [], [], [], []
-    bar = tqdm(total=n, unit="img", desc=progress if isinstance(progress, str) else "embed",
-               disable=not progress, file=sys.stderr, leave=False)
-    with torch.inference_mode(), torch.autocast(device.split(":")[0], dtype=torch.bfloat16,
-                                                enabled=precision == "bf16"):
-        for pixels, kept, failed in loader:
-            failed_all.extend(failed)
-            if len(kept):
-                x = pixels.to(device, non_blocking=True).permute(0, 3, 1, 2).float()
+
+class ExtractionStream:
+    """The extraction loop over images that arrive in chunks, for bounded memory.
+
+    ``chunks`` yields ``(positions, images)``: int positions (increasing; they come back as
+    ``kept`` and in ``failed``) and encoded images (Arrow binary array or list of bytes). ``n``
+    is the total (the bar and the choice of workers), ``size`` the size images travel at (see
+    :func:`_load_size`). Iterating yields ``(embeddings float32 [m, d], kept int64 [m], failed
+    [(position, reason)])`` every 32 model batches and at the end, in input order; the chunks are
+    read lazily, a few worker tasks ahead, so memory does not grow with the number of images.
+    After iterating, ``seconds``, ``batch_size``, ``precision``, ``device``, ``workers`` describe
+    the run.
+    """
+
+    def __init__(self, model, info: EncoderInfo, chunks, n: int, size: int,
+                 batch_size: int | None = None, device: str | None = None,
+                 workers: int | None = None, precision: str = "auto",
+                 progress: bool | str = True):
+        import torch
+
+        self.info, self.chunks, self.n, self.size, self.progress = info, chunks, n, size, progress
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        self.start = time.perf_counter()
+        self.model = model.to(self.device)
+        if self.device.startswith("cuda"):
+            self.model = self.model.to(memory_format=torch.channels_last)
+            torch.backends.cudnn.benchmark = True
+        self.batch_size = batch_size or auto_batch_size(self.model, info, self.device, self.precision)
+        self.workers = default_workers(self.device) if workers is None else workers
+        if n <= 2 * self.batch_size:
+            self.workers = 0  # starting processes costs more than decoding a few images
+        self.seconds = 0.0
+
+    def __iter__(self):
+        import torch
+        import torch.nn.functional as F
+        from torch.utils.data import DataLoader
+        from tqdm import tqdm
+
+        info, device, size = self.info, self.device, self.size
+        cuda = device.startswith("cuda")
+        if self.n == 0:
+            return
+        loader_args = {}
+        if self.workers:
+            import multiprocessing
+
+            # fork: workers start fast and share the loaded libraries; the bytes come in the tasks
+            context = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+            loader_args = {"prefetch_factor": 4, "multiprocessing_context": context}
+        loader = DataLoader(_ImageBatches(size), sampler=_Pieces(self.chunks, self.batch_size,
+                                                                  PIECE_ROWS),
+                            batch_size=None, num_workers=self.workers, pin_memory=cuda,
+                            **loader_args)
+        mean = torch.tensor(info.mean, device=device).view(1, 3, 1, 1) * 255
+        std = torch.tensor(info.std, device=device).view(1, 3, 1, 1) * 255
+        pending, pending_kept, failed_all, group, group_kept = [], [], [], [], []
+        progress = self.progress
+        bar = tqdm(total=self.n, unit="img", desc=progress if isinstance(progress, str) else "embed",
+                   disable=not progress, file=sys.stderr, leave=False)
+
+        def drain():
+            embeddings = (torch.cat(pending).cpu().numpy() if pending
+                          else np.zeros((0, info.embedding_dim), np.float32))
+            kept = torch.cat(pending_kept).numpy() if pending_kept else np.zeros(0, np.int64)
+            out = (embeddings.astype(np.float32, copy=False), kept, list(failed_all))
+            pending.clear(), pending_kept.clear(), failed_all.clear()
+            return out
+
+        def forward(group):  # not a with-block around the loop: the consumer runs at each yield
+            with torch.inference_mode(), torch.autocast(device.split(":")[0], dtype=torch.bfloat16,
+                                                        enabled=self.precision == "bf16"):
+                x = (group[0] if len(group) == 1 else torch.cat(group)).permute(0, 3, 1, 2).float()
                 if size != info.input_size:  # upsample small images on the device
                     x = F.interpolate(x, size=(info.input_size, info.input_size), mode="bilinear",
                                       align_corners=False)
                 x = ((x - mean) / std).contiguous(
                     memory_format=torch.channels_last if cuda else torch.contiguous_format)
-                pending.append(_forward(model, x).float())
-                kept_all.append(kept)
+                return _forward(self.model, x).float()
+
+        try:
+            for pixels, kept, failed, last in loader:
+                failed_all.extend(failed)
+                if len(kept):
+                    group.append(pixels.to(device, non_blocking=True))
+                    group_kept.append(kept)
+                bar.update(len(kept) + len(failed))
+                if not last:
+                    continue  # more pieces of this model batch to come
+                if group:
+                    pending.append(forward(group))
+                    pending_kept.append(group_kept[0] if len(group_kept) == 1 else torch.cat(group_kept))
+                    group, group_kept = [], []
                 if len(pending) >= 32:  # drain to host now and then, not every batch
-                    outputs.append(torch.cat(pending).cpu().numpy())
-                    pending = []
-            bar.update(len(kept) + len(failed))
-        if pending:
-            outputs.append(torch.cat(pending).cpu().numpy())
-    bar.close()
-    embeddings = np.concatenate(outputs) if outputs else np.zeros((0, info.embedding_dim), np.float32)
-    kept = torch.cat(kept_all).numpy() if kept_all else np.zeros(0, np.int64)
-    return Extraction(embeddings.astype(np.float32, copy=False), kept, failed_all,
-                      time.perf_counter() - start, batch_size, precision, device, workers)
+                    yield drain()
+            if pending or failed_all:
+                yield drain()
+        finally:
+            bar.close()
+            self.seconds = time.perf_counter() - self.start
 
 
 # ---------------------------------------------------------------- the embed command
@@ -557,7 +656,8 @@ def _done(lake, table: str, partition: dict, key: dict) -> bool:
 def embed(lake, encoder: str, weights: str | None = None, splits: Sequence[str] | None = None,
           batch_size: int | None = None, device: str | None = None, shard: str | None = None,
           workers: int | None = None, precision: str = "auto", force: bool = False,
-          tag: str | None = None, progress: bool = True, log=print) -> dict[str, Any]:
+          tag: str | None = None, progress: bool = True, log=print,
+          chunk_rows: int | None = None) -> dict[str, Any]:
     """Embed the ``images`` table with ``encoder`` into ``embeddings`` (partition encoder, split).
 
     One transaction per split, so a run that stops keeps the splits already done; a split already
@@ -565,6 +665,8 @@ def embed(lake, encoder: str, weights: str | None = None, splits: Sequence[str] 
     With ``shard="i/n"`` only the images whose id hashes to shard i are embedded, into
     ``embedding_shards`` (encoder, split, shard=i-of-n); when all n shards of a split are there
     (from any machine sharing the lake), they are merged into ``embeddings`` in one transaction.
+    Images stream from the partition's file ``chunk_rows`` (default :data:`CHUNK_ROWS`) at a time
+    and embeddings stream into the partition, so memory does not grow with the split.
     Returns a summary dict (encoder, weights, per-split rows, skipped corrupt images, images/s).
     """
     if not lake.exists("images"):
@@ -600,44 +702,86 @@ def embed(lake, encoder: str, weights: str | None = None, splits: Sequence[str] 
             if sharding:
                 _merge_shards(lake, tag, split, sharding[1], key, summary, log)
             continue
-        images = lake.arrow("images", columns=["id_str", "image"], split=split)
-        ids = images.column("id_str").to_pylist()
-        column = images.column("image").combine_chunks()
-        if sharding:
-            mask = shard_mask(ids, *sharding)
-            column = column.filter(pa.array(mask))
-            ids = [s for s, m in zip(ids, mask) if m]
-        result = extract(model, info, column, batch_size, device, workers, precision,
-                         progress=f"embed {tag}/{split}" if progress else False)
-        corrupt = [ids[i] for i, _ in result.failed]
-        for i, reason in result.failed[:5]:
-            log(f"corrupt image {ids[i]} in images/split={split}: {reason}; skipped")
-        if len(result.failed) > 5:
-            log(f"... and {len(result.failed) - 5} more corrupt images skipped")
-        if len(result.kept) == 0:
-            raise InputError(f"images/split={split}: no image could be decoded "
-                             f"({len(result.failed)} corrupt)")
-        _check_finite(result.embeddings, [ids[i] for i in result.kept[:1]], f"{tag}/{split}")
-        table_data = pa.table({"id_str": pa.array([ids[i] for i in result.kept], pa.string()),
-                               "embedding": _vector_array(result.embeddings)})
-        rate = (len(result.kept) + len(result.failed)) / max(result.seconds, 1e-9)
-        meta = {**key, "encoder_name": encoder, "weights": info.weights, "arch": info.arch,
-                "embedding_dim": info.embedding_dim, "skipped_corrupt": len(corrupt),
-                "corrupt_ids": corrupt[:100], "precision": result.precision,
-                "device": result.device, "batch_size": result.batch_size,
-                "images_per_s": round(rate, 1)}
-        params = {"encoder": encoder, "weights": info.weights_id, "split": split, "tag": tag,
-                  "shard": shard}
-        with lake.transaction("embed", params, upstream=["images"]) as tx:
-            tx.write(table, table_data, partition=partition, info=meta)
+        rows, corrupt, rate, stream = _embed_split(
+            lake, model, info, split, table, partition, sharding, batch_size, device, workers,
+            precision, chunk_rows, f"embed {tag}/{split}" if progress else False, log,
+            meta={**key, "encoder_name": encoder, "weights": info.weights, "arch": info.arch,
+                  "embedding_dim": info.embedding_dim},
+            params={"encoder": encoder, "weights": info.weights_id, "split": split, "tag": tag,
+                    "shard": shard})
         log(f"embeddings {tag}/{split}{' shard ' + shard if sharding else ''}: "
-            f"{table_data.num_rows} rows, {info.embedding_dim}-d, {len(corrupt)} corrupt skipped, "
-            f"{rate:.0f} images/s ({result.device}, {result.precision}, batch {result.batch_size})")
-        summary["splits"][split] = {"rows": table_data.num_rows, "skipped_corrupt": len(corrupt),
-                                    "images_per_s": rate}
+            f"{rows} rows, {info.embedding_dim}-d, {corrupt} corrupt skipped, "
+            f"{rate:.0f} images/s ({stream.device}, {stream.precision}, batch {stream.batch_size})")
+        summary["splits"][split] = {"rows": rows, "skipped_corrupt": corrupt, "images_per_s": rate}
         if sharding:
             _merge_shards(lake, tag, split, sharding[1], key, summary, log)
     return summary
+
+
+def _image_chunks(parquet, mask: np.ndarray | None, chunk_rows: int):
+    """(positions, images) of an images file, ``chunk_rows`` rows at a time; rows outside
+    ``mask`` (a shard) left out."""
+    offset = 0
+    for batch in parquet.iter_batches(batch_size=chunk_rows, columns=["image"], use_threads=False):
+        positions = np.arange(offset, offset + batch.num_rows)
+        images = batch.column(0)
+        if mask is not None:
+            keep = mask[offset:offset + batch.num_rows]
+            positions, images = positions[keep], images.filter(pa.array(keep))
+        offset += batch.num_rows
+        yield positions, images
+
+
+def _embed_split(lake, model, info: EncoderInfo, split: str, table: str, partition: dict,
+                 sharding, batch_size, device, workers, precision, chunk_rows, progress, log,
+                 meta: dict, params: dict):
+    """Stream one split's images through the encoder into ``table`` in one transaction.
+
+    Memory holds the ids, one chunk of image bytes, the tasks in flight and 32 batches of
+    embeddings, whatever the split's size. Returns (rows, corrupt count, images/s, stream).
+    """
+    import pyarrow.parquet as pq
+
+    from galsae_lake.lake import vector_array
+
+    (path,) = lake.files("images", split=split)
+    # buffered, not pre-buffered: pages are read as needed, not the whole column chunk at once
+    parquet = pq.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False)
+    ids = parquet.read(columns=["id_str"], use_threads=False).column("id_str").combine_chunks()
+    mask = shard_mask(ids.to_pylist(), *sharding) if sharding else None
+    n = int(mask.sum()) if mask is not None else len(ids)
+    first = next(_image_chunks(parquet, mask, 256), (None, []))[1]
+    size = _load_size(first, info.input_size) if len(first) else info.input_size
+    del first
+    stream = ExtractionStream(model, info, _image_chunks(parquet, mask, chunk_rows or CHUNK_ROWS),
+                              n, size, batch_size, device, workers, precision, progress)
+    corrupt_ids: list[str] = []
+    corrupt, shown = 0, []
+    with lake.transaction("embed", params, upstream=["images"]) as tx:
+        writer = tx.writer(table, partition, info=meta)
+        for embeddings, kept, failed in stream:
+            for i, reason in failed:
+                corrupt += 1
+                if len(corrupt_ids) < 100:
+                    corrupt_ids.append(ids[int(i)].as_py())
+                if len(shown) < 5:
+                    shown.append((ids[int(i)].as_py(), reason))
+            if len(kept):
+                _check_finite(embeddings, [], f"{partition['encoder']}/{split}")
+                writer.write(pa.table({"id_str": ids.take(pa.array(kept)),
+                                       "embedding": vector_array(embeddings)}))
+        for name, reason in shown:
+            log(f"corrupt image {name} in images/split={split}: {reason}; skipped")
+        if corrupt > 5:
+            log(f"... and {corrupt - 5} more corrupt images skipped")
+        if writer.rows == 0:
+            raise InputError(f"images/split={split}: no image could be decoded ({corrupt} corrupt)")
+        rate = (writer.rows + corrupt) / max(stream.seconds, 1e-9)
+        writer.info.update({"skipped_corrupt": corrupt, "corrupt_ids": corrupt_ids,
+                            "precision": stream.precision, "device": stream.device,
+                            "batch_size": stream.batch_size, "images_per_s": round(rate, 1)})
+        writer.close()
+    return writer.rows, corrupt, rate, stream
 
 
 def _vector_array(matrix: np.ndarray) -> pa.FixedSizeListArray:

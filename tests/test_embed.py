@@ -331,3 +331,42 @@ def test_shipped_standin_weights_are_small_and_load():
         assert (folder / "model.safetensors").stat().st_size <= 10 * 2 ** 20
         _, info = load_encoder(name, "shipped")
         assert info.weights == "shipped" and info.embedding_dim == dim and info.input_size == 64
+
+
+def test_embed_streams_in_chunks_with_the_same_result_and_every_corrupt_image_counted(tmp_path):
+    # 20 images read 7 at a time (3 chunks), corrupt ones in the first, second and third chunk
+    corrupt = ("g2", "g9", "g13", "g19")
+    lake = make_lake(tmp_path / "lake", n_train=20, n_test=3, corrupt=corrupt)
+    run = dict(weights="random", splits=["train"], batch_size=4, precision="fp32", progress=False,
+               log=lambda *a: None)
+    whole = encoders.embed(lake, "zoobot-synth", tag="whole", workers=0, **run)
+    chunked = encoders.embed(lake, "zoobot-synth", tag="chunked", workers=2, chunk_rows=7, **run)
+    assert whole["splits"]["train"]["rows"] == chunked["splits"]["train"]["rows"] == 16
+    a = lake.arrow("embeddings", encoder="whole", split="train")
+    b = lake.arrow("embeddings", encoder="chunked", split="train")
+    expected = [f"g{i}" for i in range(20) if f"g{i}" not in corrupt]
+    assert a.column("id_str").to_pylist() == b.column("id_str").to_pylist() == expected
+    assert np.array_equal(vectors(a).view(np.uint32), vectors(b).view(np.uint32))  # bit for bit
+    meta = lake.info("embeddings")["partitions"]
+    for tag in ("whole", "chunked"):
+        assert meta[f"encoder={tag}/split=train"]["skipped_corrupt"] == 4
+        assert meta[f"encoder={tag}/split=train"]["corrupt_ids"] == list(corrupt)
+    # a chunk smaller than the batch and pieces smaller than the batch: still the same vectors
+    encoders.PIECE_ROWS, old = 3, encoders.PIECE_ROWS
+    try:
+        small = encoders.embed(lake, "zoobot-synth", tag="small", workers=0, chunk_rows=2, **run)
+    finally:
+        encoders.PIECE_ROWS = old
+    assert small["splits"]["train"]["rows"] == 16
+    c = lake.arrow("embeddings", encoder="small", split="train")
+    assert c.column("id_str").to_pylist() == expected
+    assert np.array_equal(vectors(a).view(np.uint32), vectors(c).view(np.uint32))
+
+
+def test_embed_with_every_image_corrupt_across_chunks_leaves_the_lake_unchanged(tmp_path):
+    lake = make_lake(tmp_path / "lake", n_train=9, n_test=2, corrupt=tuple(f"g{i}" for i in range(9)))
+    before = lake_hash(lake.root)
+    with pytest.raises(InputError, match="no image could be decoded \\(9 corrupt\\)"):
+        encoders.embed(lake, "zoobot-synth", weights="random", splits=["train"], chunk_rows=4,
+                       batch_size=2, workers=0, progress=False, log=lambda *a: None)
+    assert lake_hash(lake.root) == before
