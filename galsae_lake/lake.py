@@ -558,7 +558,7 @@ class PartitionWriter:
         table = _conform(self.spec, _to_arrow(data))
         if self._writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._writer = pq.ParquetWriter(self.path, table.schema, compression="zstd")
+            self._writer = pq.ParquetWriter(self.path, table.schema, **_parquet_options(self.spec))
         self._writer.write_table(table, row_group_size=256_000)
         self.rows += table.num_rows
 
@@ -675,7 +675,7 @@ class Transaction:
         conformed = _conform(spec, arrow)
         path = self._staged_path(table, partition)
         path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(conformed, path, compression="zstd", row_group_size=256_000)
+        pq.write_table(conformed, path, row_group_size=256_000, **_parquet_options(spec))
         self._staged.append(_Staged(table, partition, path, conformed.num_rows, dict(info or {})))
 
     def commit(self) -> None:
@@ -723,6 +723,18 @@ class Transaction:
             _apply_plan(self.lake, plan)
             self.committed = True
             journal.unlink()
+
+
+def _parquet_options(spec: TableSpec) -> dict[str, Any]:
+    """Parquet writer options: zstd; small pages where rows are large (image bytes).
+
+    A page holds at least ``write_batch_size`` rows, and a reader loads whole pages: 1,024
+    images of ~100 KB made 100 MB pages, so streaming readers held hundreds of MB at once.
+    """
+    options: dict[str, Any] = {"compression": "zstd"}
+    if any(pa.types.is_binary(kind) or pa.types.is_large_binary(kind) for _, kind in spec.columns):
+        options["write_batch_size"] = 64
+    return options
 
 
 def _fsync(path: Path) -> None:
