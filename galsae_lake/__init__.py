@@ -4,7 +4,7 @@ The library does the work; the ``galsae-lake`` command is a thin layer over it::
 
     from galsae_lake import Lake
     lake = Lake("lake")
-    lake.read("feature_summary", model_id="sae-zoobot-synth-3f9a2c")
+    lake.read("feature_summary", model_id="sae-zoobot-synth-9a1f36")
 """
 
 __version__ = "0.1.0"

@@ -214,7 +214,8 @@ def ingest_votes_command(ctx: click.Context, file: str, catalog: str, id_column:
 
 # ---- figures ----
 @main.command(epilog=example(
-    "galsae-lake figures --model sae-zoobot-synth-3f9a2c --format html,png --top 8"))
+    "galsae-lake figures --model sae-zoobot-synth-9a1f36 --format html,png --top 8\n"
+    "  (sae-zoobot-synth-9a1f36 is the zoobot-synth SAE that galsae-lake demo builds)"))
 @click.option("--model", "model_id", required=True,
               help="An SAE run_id or a pca_id that `galsae-lake analyze` has analyzed.")
 @click.option("--out", type=click.Path(file_okay=False),
