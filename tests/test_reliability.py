@@ -149,3 +149,50 @@ def test_parquet_files_are_complete(tmp_path):
     assert proc.wait(timeout=60) == 0
     for path in Lake(root).files("galaxies"):
         assert pq.ParquetFile(path).metadata.num_rows == ROWS
+
+
+def synth_process(root, n):
+    return subprocess.Popen([sys.executable, "-m", "galsae_lake", "--lake", str(root), "synth",
+                             "--n", str(n), "--seed", "5"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def tables_of(root):
+    lake = Lake(root)
+    return {t: lake.read(t).sort(["split", "id_str"] + (["factor"] if t == "truth" else [])
+                                 + (["label"] if t == "votes" else []))
+            for t in ("galaxies", "images", "votes", "truth")}
+
+
+def test_sigkill_of_a_real_command(tmp_path):
+    """`galsae-lake synth` killed at random moments: readable after each kill, then a re-run
+    gives the same tables as an uninterrupted run."""
+    reference = tmp_path / "reference"
+    started = time.monotonic()
+    done = synth_process(reference, 600)
+    assert done.wait(timeout=120) == 0, done.stderr.read()
+    duration = time.monotonic() - started
+    expected = tables_of(reference)
+
+    root = tmp_path / "lake"
+    rng = random.Random(11)
+    kills = 0
+    for attempt in range(8):
+        proc = synth_process(root, 600)
+        time.sleep(rng.uniform(0.05, 0.95) * duration)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait(timeout=60)
+        lake = Lake(root)
+        for table in ("galaxies", "images", "votes", "truth"):
+            for path in lake.files(table):  # every partition file whole and readable
+                assert pq.ParquetFile(path).metadata.num_rows > 0
+                pl.read_parquet(path)
+    assert kills >= 4
+    finish = synth_process(root, 600)
+    assert finish.wait(timeout=120) == 0, finish.stderr.read()
+    got = tables_of(root)
+    for table, frame in expected.items():
+        assert got[table].equals(frame), table
+    assert not (root / "_staging").exists()
