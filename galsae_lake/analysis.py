@@ -471,29 +471,31 @@ def novelty(codes: Codes, basis: np.ndarray, block_entries: int = BLOCK_ENTRIES)
 # ----------------------------------------------------------------------------- the lake side
 
 
+def _run_row(lake: Lake, table: str, key: str, model_id: str, known: list[str]) -> dict | None:
+    """The row of ``table`` whose ``key`` is ``model_id`` (None if absent); adds the ids to ``known``."""
+    if not lake.exists(table):
+        return None
+    rows = lake.arrow(table)
+    ids = rows.column(key).to_pylist()
+    known += ids
+    return rows.slice(ids.index(model_id), 1).to_pylist()[0] if model_id in ids else None
+
+
 def resolve_model(lake: Lake, model_id: str) -> Model:
     """The SAE run or PCA named ``model_id``; an InputError naming the known ids otherwise."""
     import json
     known: list[str] = []
-    if lake.exists("sae_runs"):
-        table = lake.arrow("sae_runs")
-        ids = table.column("run_id").to_pylist()
-        known += ids
-        if model_id in ids:
-            row = table.slice(ids.index(model_id), 1).to_pylist()[0]
-            config = json.loads(row["config"] or "{}")
-            size = sum(config.get("group_sizes") or [])
-            if not size and lake.exists("sae_features", run_id=model_id):
-                size = int(lake.arrow("sae_features", run_id=model_id).column("feature")
-                           .to_numpy().max()) + 1
-            return Model(model_id, "sae", row["encoder"], int(size), row)
-    if lake.exists("pca_runs"):
-        table = lake.arrow("pca_runs")
-        ids = table.column("pca_id").to_pylist()
-        known += ids
-        if model_id in ids:
-            row = table.slice(ids.index(model_id), 1).to_pylist()[0]
-            return Model(model_id, "pca", row["encoder"], int(row["n_components"]), row)
+    row = _run_row(lake, "sae_runs", "run_id", model_id, known)
+    if row is not None:
+        config = json.loads(row["config"] or "{}")
+        size = sum(config.get("group_sizes") or [])
+        if not size and lake.exists("sae_features", run_id=model_id):
+            size = int(lake.arrow("sae_features", run_id=model_id).column("feature")
+                       .to_numpy().max()) + 1
+        return Model(model_id, "sae", row["encoder"], int(size), row)
+    row = _run_row(lake, "pca_runs", "pca_id", model_id, known)
+    if row is not None:
+        return Model(model_id, "pca", row["encoder"], int(row["n_components"]), row)
     hint = f"known models: {', '.join(known)}" if known else "run galsae-lake train-sae or pca first"
     raise InputError(f"unknown model id {model_id!r}; {hint}")
 
