@@ -784,12 +784,6 @@ def _embed_split(lake, model, info: EncoderInfo, split: str, table: str, partiti
     return writer.rows, corrupt, rate, stream
 
 
-def _vector_array(matrix: np.ndarray) -> pa.FixedSizeListArray:
-    from galsae_lake.lake import vector_array
-
-    return vector_array(matrix)
-
-
 def _check_finite(matrix: np.ndarray, first_ids: list[str], where: str) -> None:
     bad = ~np.isfinite(matrix).all(axis=1)
     if bad.any():

@@ -4,7 +4,6 @@ dictionary, batch-independent inference, the checkpoint round trip through the l
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from galsae_lake.lake import Lake, vector_array
 from galsae_lake.sae import (MatryoshkaSAE, SAEConfig, configs_dir, encode_embeddings,
                              load_config, parse_set, sparse_loss_and_grads)
 from galsae_lake.train import evaluate, load_sae, train_model, train_sae
+from lakeutil import lake_hash
 
 SMALL = ["group_sizes=[16,16,32]", "top_k=3", "epochs=8", "learning_rate=1e-2",
          "n_batches_to_dead=20", "log_every=10"]
@@ -56,11 +56,6 @@ def write_embeddings(lake: Lake, encoder: str, splits: dict[str, np.ndarray]) ->
             ids = [f"{split}-{i:05d}" for i in range(len(X))]
             tx.write("embeddings", pa.table({"id_str": ids, "embedding": vector_array(X)}),
                      partition={"encoder": encoder, "split": split})
-
-
-def lake_bytes(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and p.name != "_lock"}
 
 
 @pytest.fixture(scope="module")
@@ -330,7 +325,7 @@ def test_bad_input_one_line_lake_unchanged(trained, args, setup, message):
         X = splits["test"][:50].copy()
         X[7, 3] = np.nan if setup == "nan" else np.inf
         write_embeddings(lake, "broken", {"train": X})
-    before = lake_bytes(lake.root)
+    before = lake_hash(lake.root)
     if "--encoder" not in args:
         args = ["--encoder", "planted", *args]
     small = ["--set", "group_sizes=[16,16,32]", "--set", "top_k=3", "--set", "epochs=1"]
@@ -340,4 +335,4 @@ def test_bad_input_one_line_lake_unchanged(trained, args, setup, message):
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
     assert message in lines[0]
-    assert lake_bytes(lake.root) == before
+    assert lake_hash(lake.root) == before

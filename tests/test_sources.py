@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import math
 from pathlib import Path
@@ -21,17 +20,10 @@ from galsae_lake.sources import normalize_id, votes_long
 from galsae_lake.sources import synthetic as sy
 from galsae_lake.sources.files import ingest_votes
 from galsae_lake.sources.huggingface import ingest_hf
+from lakeutil import lake_hash
 
 
 # ---------------------------------------------------------------- helpers
-def lake_hash(root: Path) -> dict[str, str]:
-    """Every file under the lake with its content hash (the lock file is not data)."""
-    if not root.exists():
-        return {}
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and p.name != "_lock"}
-
-
 def run(root: Path, *args: str):
     return CliRunner().invoke(main, ["--lake", str(root), *args])
 
