@@ -797,6 +797,17 @@ def _analyze(lake, con, model, split, catalog, exclude_question, permutations, s
             "seconds": time.perf_counter() - started, "timings": timings}
 
 
+def _by_label(method: str, row_name: str, matrix: np.ndarray, value_name: str) -> pa.Table:
+    """A [rows x labels] matrix as a long table: method, row_name, label_index, value_name."""
+    rows, labels = matrix.shape
+    return pa.table({
+        "method": pa.repeat(method, rows * labels),
+        row_name: pa.array(np.repeat(np.arange(rows, dtype=np.int32), labels)),
+        "label_index": pa.array(np.tile(np.arange(labels, dtype=np.int32), rows)),
+        value_name: pa.array(matrix.reshape(-1)),
+    })
+
+
 def summarize(con: duckdb.DuckDBPyConnection, results: list[MethodResult],
               exclude_question: str | None) -> dict[str, pa.Table]:
     """feature_label_corr, feature_summary (sql/feature_summary.sql) and label_null tables."""
@@ -804,26 +815,15 @@ def summarize(con: duckdb.DuckDBPyConnection, results: list[MethodResult],
     corr_parts, stat_parts, null_parts = [], [], []
     for result in results:
         F = result.rho.shape[0]
-        corr_parts.append(pa.table({
-            "method": pa.repeat(result.method, F * L),
-            "feature": pa.array(np.repeat(np.arange(F, dtype=np.int32), L)),
-            "label_index": pa.array(np.tile(np.arange(L, dtype=np.int32), F)),
-            "spearman": pa.array(result.rho.reshape(-1)),
-            "n": pa.array(np.tile(result.n, F)),
-        }))
+        corr_parts.append(_by_label(result.method, "feature", result.rho, "spearman")
+                          .append_column("n", pa.array(np.tile(result.n, F))))
         stat_parts.append(pa.table({
             "method": pa.repeat(result.method, F),
             "feature": pa.array(np.arange(F, dtype=np.int32)),
             "frequency": pa.array(result.frequency),
             "novelty": pa.array(result.novelty),
         }))
-        P = result.null.shape[0]
-        null_parts.append(pa.table({
-            "method": pa.repeat(result.method, P * L),
-            "permutation": pa.array(np.repeat(np.arange(P, dtype=np.int32), L)),
-            "label_index": pa.array(np.tile(np.arange(L, dtype=np.int32), P)),
-            "max_abs_spearman": pa.array(result.null.reshape(-1)),
-        }))
+        null_parts.append(_by_label(result.method, "permutation", result.null, "max_abs_spearman"))
     con.register("label_names", pa.table({
         "label": pa.array(gz.LABEL_NAMES),
         "label_index": pa.array(np.arange(L, dtype=np.int32)),
