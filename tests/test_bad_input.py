@@ -14,6 +14,7 @@ from galsae_lake.lake import Lake, vector_array
 from lakeutil import assert_one_line_error, cli, lake_hash
 
 DIM = 16
+SMOOTH = "smooth-or-featured-euclid_smooth_fraction"
 
 
 @pytest.fixture(scope="module")
@@ -83,39 +84,40 @@ def case_duplicate_ids(root, files, run_id):
             "--encoder", "other"], ["duplicate"]
 
 
+def scratch_file(files, name, text):
+    """A file with ``text`` in the scratch folder."""
+    path = files / name
+    path.write_text(text)
+    return path
+
+
 def case_missing_id_column(root, files, run_id):
-    path = files / "noid.csv"
-    path.write_text("name,smooth-or-featured-euclid_smooth_fraction\nx,0.5\n")
+    path = scratch_file(files, "noid.csv", f"name,{SMOOTH}\nx,0.5\n")
     return ["ingest", "votes", path, "--split", "train"], ["id"]
 
 
 def case_empty_split(root, files, run_id):
-    path = files / "empty.csv"
-    path.write_text("id_str,split,smooth-or-featured-euclid_smooth_fraction\n")
+    path = scratch_file(files, "empty.csv", f"id_str,split,{SMOOTH}\n")
     return ["ingest", "votes", path], ["empty"]
 
 
 def case_unknown_split(root, files, run_id):
-    path = files / "split.csv"
-    path.write_text("id_str,split,smooth-or-featured-euclid_smooth_fraction\nx,validation,0.5\n")
+    path = scratch_file(files, "split.csv", f"id_str,split,{SMOOTH}\nx,validation,0.5\n")
     return ["ingest", "votes", path], ["split"]
 
 
 def case_wrong_dtype(root, files, run_id):
-    path = files / "dtype.csv"
-    path.write_text("id_str,smooth-or-featured-euclid_smooth_fraction\nx,lots\ny,0.5\n")
+    path = scratch_file(files, "dtype.csv", f"id_str,{SMOOTH}\nx,lots\ny,0.5\n")
     return ["ingest", "votes", path, "--split", "train"], []
 
 
 def case_labels_match_nothing(root, files, run_id):
-    path = files / "nolabels.csv"
-    path.write_text("id_str,colour,size\nx,red,3\n")
+    path = scratch_file(files, "nolabels.csv", "id_str,colour,size\nx,red,3\n")
     return ["ingest", "votes", path, "--split", "train"], ["label"]
 
 
 def case_fraction_out_of_range(root, files, run_id):
-    path = files / "range.csv"
-    path.write_text("id_str,smooth-or-featured-euclid_smooth_fraction\nx,1.5\n")
+    path = scratch_file(files, "range.csv", f"id_str,{SMOOTH}\nx,1.5\n")
     return ["ingest", "votes", path, "--split", "train"], []
 
 
@@ -150,8 +152,7 @@ def case_figures_unknown_model(root, files, run_id):
 
 
 def case_invalid_toml(root, files, run_id):
-    path = files / "bad.toml"
-    path.write_text("[training\nepochs = 3\n")
+    path = scratch_file(files, "bad.toml", "[training\nepochs = 3\n")
     return ["train-sae", "--encoder", "toy", "--config", path], ["toml"]
 
 
