@@ -39,6 +39,11 @@ def lake_of(ctx: click.Context) -> Lake:
     return obj["lake"]
 
 
+def echo_err(line: str) -> None:
+    """Progress and notes go to stderr, so stdout holds only the ids a command created."""
+    click.echo(line, err=True)
+
+
 def example(text: str) -> str:
     """A help epilog with an example that runs as written (click keeps \\b blocks verbatim)."""
     return "\b\nExample:\n  " + text
@@ -232,10 +237,8 @@ def figures(ctx: click.Context, model_id: str, out: str | None, formats: str, sp
     Matryoshka reconstruction, explained variance, training curves, galleries, feature browser."""
     from galsae_lake.figures import make_figures
 
-    lake = lake_of(ctx)
-    log = lambda line: click.echo(line, err=True)  # noqa: E731
-    written = make_figures(lake, model_id, out=out, formats=formats.split(","), split=split,
-                           top=top, log=log)
+    written = make_figures(lake_of(ctx), model_id, out=out, formats=formats.split(","),
+                           split=split, top=top, log=echo_err)
     for path in written:
         click.echo(str(path))
 
@@ -352,15 +355,11 @@ def demo(ctx: click.Context, n: int, seed: int, formats: str) -> None:
 
     result = run_demo(lake_of(ctx), n=n, seed=seed,
                       formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
-                      log=lambda line: click.echo(line, err=True))
+                      log=echo_err)
     click.echo(format_summary(result))
 
 
 # ---- embed ----
-def _echo_err(line: str) -> None:
-    click.echo(line, err=True)
-
-
 @main.command(epilog=example("galsae-lake embed --encoder zoobot-synth --splits train,test"))
 @click.option("--encoder", required=True,
               help="zoobot-euclid, mae-euclid, zoobot-synth, mae-synth or any timm model name.")
@@ -386,7 +385,7 @@ def embed(ctx, encoder, weights, splits, batch_size, device, shard, workers, pre
     summary = run_embed(lake_of(ctx), encoder, weights=weights,
                         splits=splits.split(",") if splits else None, batch_size=batch_size,
                         device=device, shard=shard, workers=workers, precision=precision,
-                        force=force, tag=tag, log=_echo_err)
+                        force=force, tag=tag, log=echo_err)
     click.echo(f"embeddings encoder={summary['encoder']}")
 
 
@@ -408,7 +407,7 @@ def ingest_embeddings_cmd(ctx, file, encoder, column, id_column, split_column, s
     from galsae_lake.ingest_embeddings import ingest_embeddings
 
     summary = ingest_embeddings(lake_of(ctx), file, encoder, column=column, id_column=id_column,
-                                split_column=split_column, split=split, ids=ids, log=_echo_err)
+                                split_column=split_column, split=split, ids=ids, log=echo_err)
     click.echo(f"embeddings encoder={summary['encoder']}")
 
 
@@ -429,7 +428,7 @@ def ingest_hf_embeddings_cmd(ctx, dataset, column, encoder, config, splits, limi
 
     summary = ingest_hf_embeddings(lake_of(ctx), dataset, column, encoder, config=config,
                                    splits=splits.split(",") if splits else None, limit=limit,
-                                   id_column=id_column, log=_echo_err)
+                                   id_column=id_column, log=echo_err)
     click.echo(f"embeddings encoder={summary['encoder']}")
 
 
@@ -454,5 +453,5 @@ def train_encoder_cmd(ctx, encoder, epochs, batch_size, learning_rate, seed, lim
 
     summary = train_encoder(lake_of(ctx), encoder, epochs=epochs, batch_size=batch_size,
                             learning_rate=learning_rate, seed=seed, limit=limit, device=device,
-                            log=_echo_err)
+                            log=echo_err)
     click.echo(f"encoder {summary['encoder']} ({summary['folder']})")
