@@ -584,6 +584,7 @@ class Transaction:
         self._staged: list[_Staged] = []
         self._merge: dict[str, pa.Table] = {}
         self._dirs: list[tuple[Path, Path]] = []
+        self._removed: list[tuple[str, dict[str, str]]] = []
         self.committed = False
 
     def __enter__(self) -> "Transaction":
@@ -666,9 +667,19 @@ class Transaction:
             written.append(fixed)
         return written
 
+    def remove(self, table: str, partition: Mapping[str, Any]) -> None:
+        """Drop one partition at commit (with the writes, atomically journaled); a partition
+        that holds no data is left as it is."""
+        partition = {k: check_partition_value(k, v) for k, v in partition.items()}
+        self.lake.partition_dir(table, partition)  # checks the keys
+        if any(s.table == table and s.partition == partition for s in self._staged):
+            raise LakeError(f"table {table}: partition {partition} written and removed in one command")
+        self._removed.append((table, partition))
+
     def _stage(self, table, partition, arrow, info) -> None:
         spec = table_spec(table)
-        if any(s.table == table and s.partition == partition for s in self._staged):
+        if any(s.table == table and s.partition == partition for s in self._staged) or (
+                (table, partition) in self._removed):
             raise LakeError(f"table {table}: partition {partition} written twice in one command")
         if arrow.num_rows == 0:
             raise LakeError(f"table {table}: nothing to write for {partition or 'the table'}")
@@ -716,7 +727,13 @@ class Transaction:
                         "target": str(target.relative_to(self.lake.root)),
                         "aside": str((self.dir / "_replaced" / str(i)).relative_to(self.lake.root))}
                        for i, (staged, target) in enumerate(self._dirs)]
-            plan = {"txid": self.txid, "entries": entries, "folders": folders}
+            removals = [{"table": table,
+                         "target": str((self.lake.partition_dir(table, partition) / DATA_FILE)
+                                       .relative_to(self.lake.root)),
+                         "aside": str((self.dir / "_removed" / str(i)).relative_to(self.lake.root))}
+                        for i, (table, partition) in enumerate(self._removed)]
+            plan = {"txid": self.txid, "entries": entries, "folders": folders,
+                    "removals": removals}
             journal = self.dir / JOURNAL
             journal.write_text(json.dumps(plan, default=str))
             _fsync(journal)
@@ -764,6 +781,16 @@ def _apply_plan(lake: Lake, plan: dict) -> None:
             _fsync(staged)
             os.replace(staged, target)
         touched.setdefault(entry["table"], []).append(entry)
+    for removal in plan.get("removals", []):
+        target, aside = lake.root / removal["target"], lake.root / removal["aside"]
+        if target.exists():
+            aside.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(target, aside)
+        folder, top = target.parent, lake.table_dir(removal["table"])
+        while folder != top and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()  # the emptied partition folders, up to the table's
+            folder = folder.parent
+        touched.setdefault(removal["table"], [])
     for table, entries in touched.items():
         _update_sidecar(lake, table, entries)
 
@@ -775,27 +802,33 @@ def _update_sidecar(lake: Lake, table: str, entries: list[dict]) -> None:
     partitions = info.get("partitions", {})
     for entry in entries:
         partitions[entry["partition"] or "."] = entry["meta"]
-    # forget partitions whose data file is gone (e.g. removed by hand)
+    # forget partitions whose data file is gone (removed by a transaction or by hand)
     live = {"/".join(f"{k}={v}" for k, v in p.items()) or "." for p in lake.partitions(table)}
     partitions = {k: v for k, v in sorted(partitions.items()) if k in live}
-    last = entries[-1]["meta"]
-    upstream = sorted({u for meta in partitions.values() for u in meta.get("upstream", [])})
-    info.update({
-        "table": table,
-        "schema_version": SCHEMA_VERSION,
-        "description": spec.description,
-        "partition_by": list(spec.partition_by),
-        "columns": {name: str(kind) if kind != VECTOR else "fixed_size_list<float32>"
-                    for name, kind in spec.columns},
-        "rows": sum(meta.get("rows", 0) for meta in partitions.values()),
-        "command": last["command"],
-        "parameters": last["parameters"],
-        "config_hash": last["config_hash"],
-        "package_version": __version__,
-        "upstream": upstream,
-        "updated_at": last["written_at"],
-        "partitions": partitions,
-    })
+    if not partitions:  # every partition removed: the table goes with them
+        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            lake.table_dir(table).rmdir()
+        return
+    rows = sum(meta.get("rows", 0) for meta in partitions.values())
+    if entries:  # (a commit that only removes partitions keeps the last write's lineage)
+        last = entries[-1]["meta"]
+        info.update({
+            "table": table,
+            "schema_version": SCHEMA_VERSION,
+            "description": spec.description,
+            "partition_by": list(spec.partition_by),
+            "columns": {name: str(kind) if kind != VECTOR else "fixed_size_list<float32>"
+                        for name, kind in spec.columns},
+            "command": last["command"],
+            "parameters": last["parameters"],
+            "config_hash": last["config_hash"],
+            "package_version": __version__,
+            "updated_at": last["written_at"],
+        })
+    info.update({"rows": rows, "partitions": partitions,
+                 "upstream": sorted({u for meta in partitions.values()
+                                     for u in meta.get("upstream", [])})})
     tmp = path.with_name(f".{SIDECAR}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(info, indent=2, default=str))
     os.replace(tmp, path)

@@ -264,3 +264,65 @@ def test_sql_folder_ships_with_the_package():
     assert Path(sql_dir()).name == "sql"
     with pytest.raises(LakeError, match="no query"):
         query("no_such_query")
+
+
+def test_remove_drops_partitions_with_the_writes_of_one_commit(tmp_path):
+    lake = Lake(tmp_path / "lake")
+    with lake.transaction("synth") as tx:
+        tx.write("galaxies", pl.concat([galaxies(["a", "b"], "train"), galaxies(["c"], "test")]))
+        tx.write("truth", pl.DataFrame({"id_str": ["c"], "factor": ["f"], "value": [1.0],
+                                        "split": ["test"]}))
+    before = lake_hash(lake.root)
+    with pytest.raises(RuntimeError):  # a failure removes nothing
+        with lake.transaction("drop") as tx:
+            tx.remove("galaxies", {"split": "test"})
+            raise RuntimeError("crash before commit")
+    assert lake_hash(lake.root) == before
+    with pytest.raises(LakeError, match="partitioned by"):
+        with lake.transaction("drop") as tx:
+            tx.remove("galaxies", {"encoder": "x"})
+    with lake.transaction("drop") as tx:
+        tx.remove("galaxies", {"split": "test"})
+        tx.remove("galaxies", {"split": "absent"})  # nothing there: nothing to do
+        tx.write("galaxies", galaxies(["z"], "train"))
+        tx.remove("truth", {"split": "test"})
+    assert lake.read("galaxies")["id_str"].to_list() == ["z"]
+    assert not (lake.root / "galaxies" / "split=test").exists()
+    info = lake.info("galaxies")
+    assert list(info["partitions"]) == ["split=train"] and info["rows"] == 1
+    # the last partition of a table gone: the table (folder and sidecar) goes too
+    assert not (lake.root / "truth").exists() and "truth" not in lake.tables()
+    with pytest.raises(LakeError, match="written and removed"):
+        with lake.transaction("drop") as tx:
+            tx.write("galaxies", galaxies(["y"], "train"))
+            tx.remove("galaxies", {"split": "train"})
+
+
+def test_recovery_finishes_a_dead_commit_that_removes(tmp_path):
+    lake = Lake(tmp_path / "lake")
+    with lake.transaction("synth") as tx:
+        tx.write("galaxies", pl.concat([galaxies(["a"], "train"), galaxies(["c"], "test")]))
+    tx = lake.transaction("drop").__enter__()
+    tx.remove("galaxies", {"split": "test"})
+    import galsae_lake.lake as lakemod
+
+    def crash(lake_, plan):  # dies after moving the file aside, before the sidecar
+        target = lake_.root / plan["removals"][0]["target"]
+        aside = lake_.root / plan["removals"][0]["aside"]
+        aside.parent.mkdir(parents=True, exist_ok=True)
+        target.replace(aside)
+        raise KeyboardInterrupt("killed half way")
+
+    real_apply = lakemod._apply_plan
+    lakemod._apply_plan = crash
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            tx.commit()
+    finally:
+        lakemod._apply_plan = real_apply
+    with lake.transaction("other") as other:  # the next writer rolls it forward
+        other.write("galaxies", galaxies(["b"], "train"))
+    assert lake.read("galaxies")["id_str"].to_list() == ["b"]
+    assert list(lake.info("galaxies")["partitions"]) == ["split=train"]
+    assert not (lake.root / "galaxies" / "split=test").exists()
+    assert not (lake.root / "_staging").exists()
