@@ -370,3 +370,18 @@ def test_embed_with_every_image_corrupt_across_chunks_leaves_the_lake_unchanged(
         encoders.embed(lake, "zoobot-synth", weights="random", splits=["train"], chunk_rows=4,
                        batch_size=2, workers=0, progress=False, log=lambda *a: None)
     assert lake_hash(lake.root) == before
+
+
+def test_bf16_only_where_the_cpu_has_it_in_hardware(tmp_path):
+    """AVX-512 alone emulates bf16 (2-3.6x slower than fp32 here): auto picks fp32 there."""
+    base = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_vnni\n"
+    emulated, native, amx = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    emulated.write_text(base)
+    native.write_text(base.replace("avx512_vnni", "avx512_vnni avx512_bf16"))
+    amx.write_text(base.replace("avx512_vnni", "amx_bf16 amx_tile"))
+    assert not encoders.cpu_has_native_bf16(emulated)
+    assert encoders.cpu_has_native_bf16(native) and encoders.cpu_has_native_bf16(amx)
+    assert not encoders.cpu_has_native_bf16(tmp_path / "missing")
+    assert encoders.resolve_precision("fp32", "cpu") == "fp32"
+    assert encoders.resolve_precision("auto", "cpu") == (
+        "bf16" if encoders.cpu_has_native_bf16() else "fp32")
