@@ -711,6 +711,11 @@ def embed(lake, encoder: str, weights: str | None = None, splits: Sequence[str] 
             table = "embedding_shards"
         else:
             partition, table = {"encoder": tag, "split": split}, "embeddings"
+        if not force and sharding and _merged(lake, tag, split, sharding[1], key):
+            log(f"embeddings {tag}/{split} shard {shard}: all {sharding[1]} shards are already "
+                f"merged into embeddings with these weights and images, skipped (--force to redo)")
+            summary["splits"][split] = {"skipped": True}
+            continue
         if not force and _done(lake, table, partition, key):
             log(f"embeddings {tag}/{split}{' shard ' + shard if sharding else ''}: already done "
                 f"with these weights and images, skipped (--force to redo)")
@@ -817,28 +822,44 @@ def _check_dim(lake, tag: str, dim: int) -> None:
                              f"are {dim}-d (store them under another name with --as NAME)")
 
 
+def _merged(lake, tag: str, split: str, n: int, key: dict) -> bool:
+    """Are n shards of (tag, split) with this key already merged into ``embeddings``?"""
+    return _done(lake, "embeddings", {"encoder": tag, "split": split}, {**key, "merged_shards": n})
+
+
 def _merge_shards(lake, tag: str, split: str, n: int, key: dict, summary: dict, log) -> None:
-    """When all n shards of (tag, split) are present with the same key, write ``embeddings``."""
-    shards = [f"{i}-of-{n}" for i in range(n)]
-    done = [s for s in shards if _done(lake, "embedding_shards",
-                                       {"encoder": tag, "split": split, "shard": s}, key)]
+    """When all n shards of (tag, split) are present with the same key, write ``embeddings``
+    from them and drop them, in one transaction. Streams: one record batch in memory at a time
+    (and the ids, to check that no galaxy is in two shards)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    partitions = [{"encoder": tag, "split": split, "shard": f"{i}-of-{n}"} for i in range(n)]
+    done = [p for p in partitions if _done(lake, "embedding_shards", p, key)]
     if len(done) < n:
         log(f"embeddings {tag}/{split}: {len(done)} of {n} shards done; the last shard to finish "
             f"merges them into embeddings")
         return
-    if _done(lake, "embeddings", {"encoder": tag, "split": split}, {**key, "merged_shards": n}):
+    if _merged(lake, tag, split, n, key):
         return
-    parts = [lake.arrow("embedding_shards", columns=["id_str", "embedding"], encoder=tag,
-                        split=split, shard=s) for s in shards]
-    merged = pa.concat_tables(parts)
-    info_all = lake.info("embedding_shards").get("partitions", {})
-    corrupt = sum((info_all.get(f"encoder={tag}/split={split}/shard={s}") or {}).get(
-        "skipped_corrupt", 0) for s in shards)
-    if len(set(merged.column("id_str").to_pylist())) != merged.num_rows:
+    files = [path for p in partitions for path in lake.files("embedding_shards", **p)]
+    ids = pa.chunked_array([pq.read_table(path, columns=["id_str"]).column(0) for path in files])
+    if pc.count_distinct(ids).as_py() != len(ids):
         raise LakeError(f"embedding_shards {tag}/{split}: shards overlap (duplicate ids)")
+    shard_info = lake.info("embedding_shards").get("partitions", {})
+    metas = [shard_info.get("/".join(f"{k}={v}" for k, v in p.items())) or {} for p in partitions]
+    info = {**key, "merged_shards": n,
+            "skipped_corrupt": sum(meta.get("skipped_corrupt", 0) for meta in metas),
+            "corrupt_ids": [i for meta in metas for i in meta.get("corrupt_ids", [])][:100]}
     with lake.transaction("embed", {"encoder": tag, "split": split, "merge_shards": n},
                           upstream=["embedding_shards"]) as tx:
-        tx.write("embeddings", merged, partition={"encoder": tag, "split": split},
-                 info={**key, "merged_shards": n, "skipped_corrupt": corrupt})
-    log(f"embeddings {tag}/{split}: merged {n} shards, {merged.num_rows} rows")
-    summary["splits"].setdefault(split, {})["merged_rows"] = merged.num_rows
+        writer = tx.writer("embeddings", {"encoder": tag, "split": split}, info=info)
+        for path in files:
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=CHUNK_ROWS * 16,
+                                                           columns=["id_str", "embedding"]):
+                writer.write(pa.Table.from_batches([batch]))
+        writer.close()
+        for partition in partitions:
+            tx.remove("embedding_shards", partition)
+    log(f"embeddings {tag}/{split}: merged {n} shards, {writer.rows} rows (shards removed)")
+    summary["splits"].setdefault(split, {})["merged_rows"] = writer.rows

@@ -122,9 +122,19 @@ def test_shards_merge_into_the_same_embeddings(lake):
     merged = lake.read("embeddings", encoder="sharded").sort("id_str")
     assert whole["id_str"].to_list() == merged["id_str"].to_list()
     np.testing.assert_allclose(vectors(merged), vectors(whole), rtol=1e-5, atol=1e-5)
-    shard_sizes = [lake.read("embedding_shards", encoder="sharded", shard=s).height
-                   for s in ("0-of-2", "1-of-2")]
-    assert sum(shard_sizes) == 15 and min(shard_sizes) > 0
+    # the shards are dropped in the merge's transaction; their corrupt-image counts carry over
+    assert not lake.exists("embedding_shards") and "embedding_shards" not in lake.tables()
+    meta = lake.info("embeddings")["partitions"]["encoder=sharded/split=train"]
+    assert (meta["merged_shards"], meta["skipped_corrupt"], meta["corrupt_ids"]) == (2, 1, ["g3"])
+    assert lake.info("embeddings")["partitions"]["encoder=sharded/split=test"]["rows"] == 6
+    # a shard run again after the merge finds it done, and a plain run too
+    before = lake_hash(lake.root)
+    again = cli("embed", "--encoder", "zoobot-synth", *FP32, "--shard", "0/2", "--as", "sharded",
+                lake=lake.root)
+    assert again.exit_code == 0 and "already merged" in again.output
+    plain = cli("embed", "--encoder", "zoobot-synth", *FP32, "--as", "sharded", lake=lake.root)
+    assert plain.exit_code == 0 and plain.output.count("already done") == 2
+    assert lake_hash(lake.root) == before
 
 
 def test_hub_layout_folders_build_the_euclid_architectures(tmp_path):
