@@ -518,10 +518,8 @@ def extract(model, info: EncoderInfo, images, batch_size: int | None = None,
     """
     n = len(images)
     size = _load_size(images, info.input_size)
-    chunks = ((np.arange(start, min(n, start + CHUNK_ROWS)), images[start:start + CHUNK_ROWS])
-              for start in range(0, n, CHUNK_ROWS))
-    run = ExtractionStream(model, info, chunks, n, size, batch_size, device, workers, precision,
-                           progress)
+    run = ExtractionStream(model, info, memory_chunks(images), n, size, batch_size, device,
+                           workers, precision, progress)
     outputs, kept_all, failed_all = [], [], []
     for embeddings, kept, failed in run:
         outputs.append(embeddings)
@@ -531,6 +529,13 @@ def extract(model, info: EncoderInfo, images, batch_size: int | None = None,
     kept = np.concatenate(kept_all) if kept_all else np.zeros(0, np.int64)
     return Extraction(embeddings, kept, failed_all, run.seconds, run.batch_size, run.precision,
                       run.device, run.workers)
+
+
+def memory_chunks(images, rows: int = CHUNK_ROWS):
+    """``(positions, images)`` chunks of encoded images held in memory, for :class:`ExtractionStream`."""
+    n = len(images)
+    return ((np.arange(start, min(n, start + rows)), images[start:start + rows])
+            for start in range(0, n, rows))
 
 
 class ExtractionStream:
@@ -566,16 +571,12 @@ class ExtractionStream:
             self.workers = 0  # starting processes costs more than decoding a few images
         self.seconds = 0.0
 
-    def __iter__(self):
-        import torch
-        import torch.nn.functional as F
+    def pieces(self):
+        """The input pipeline alone: the DataLoader over the chunks, yielding pieces
+        ``(uint8 NHWC pixels on the CPU, kept, failed, last)``, decoded and resized in the
+        workers (``last``: the piece ends a model batch). Benchmarks time it without a model."""
         from torch.utils.data import DataLoader
-        from tqdm import tqdm
 
-        info, device, size = self.info, self.device, self.size
-        cuda = device.startswith("cuda")
-        if self.n == 0:
-            return
         loader_args = {}
         if self.workers:
             import multiprocessing
@@ -583,10 +584,21 @@ class ExtractionStream:
             # fork: workers start fast and share the loaded libraries; the bytes come in the tasks
             context = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
             loader_args = {"prefetch_factor": 4, "multiprocessing_context": context}
-        loader = DataLoader(_ImageBatches(size), sampler=_Pieces(self.chunks, self.batch_size,
-                                                                  PIECE_ROWS),
-                            batch_size=None, num_workers=self.workers, pin_memory=cuda,
-                            **loader_args)
+        return DataLoader(_ImageBatches(self.size),
+                          sampler=_Pieces(self.chunks, self.batch_size, PIECE_ROWS),
+                          batch_size=None, num_workers=self.workers,
+                          pin_memory=self.device.startswith("cuda"), **loader_args)
+
+    def __iter__(self):
+        import torch
+        import torch.nn.functional as F
+        from tqdm import tqdm
+
+        info, device, size = self.info, self.device, self.size
+        cuda = device.startswith("cuda")
+        if self.n == 0:
+            return
+        loader = self.pieces()
         mean = torch.tensor(info.mean, device=device).view(1, 3, 1, 1) * 255
         std = torch.tensor(info.std, device=device).view(1, 3, 1, 1) * 255
         pending, pending_kept, failed_all, group, group_kept = [], [], [], [], []

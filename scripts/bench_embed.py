@@ -7,6 +7,8 @@ Three measurements in one run, same architecture and weights (random: the arithm
            ``head`` copying activations to the CPU
 * ours     galsae_lake.encoders.extract (the code behind ``galsae-lake embed``)
 * forward  the forward-only limit: ours' precision and batch size, tensors already on the device
+* input    the input-only limit: ours' DataLoader (decode and resize in its workers) and the copy
+           to the device, no model; where it is below ``forward``, decoding bounds ``ours``
 
 Images are synthetic galaxies (galsae_lake.sources.synthetic) encoded as PNG at their native 64 px
 (what ``synth`` stores) or re-encoded with --source-size/--format (e.g. 224 px JPEG).
@@ -85,6 +87,23 @@ def seed_approach(model, blobs: list[bytes], size: int, device: str) -> tuple[np
     return np.vstack(outputs), seconds
 
 
+def input_limit(model, info, blobs: list[bytes], batch_size: int, device: str,
+                workers: int | None) -> float:
+    """Images/s of ours' input pipeline alone: decoding and resizing in the DataLoader workers
+    and the copy to the device, with ours' batch size and workers, no model."""
+    from galsae_lake.encoders import ExtractionStream, _load_size, memory_chunks
+
+    stream = ExtractionStream(model, info, memory_chunks(blobs), len(blobs),
+                              _load_size(blobs, info.input_size), batch_size, device, workers,
+                              progress=False)
+    start = time.perf_counter()
+    for pixels, *_ in stream.pieces():
+        pixels.to(device, non_blocking=True)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return len(blobs) / (time.perf_counter() - start)
+
+
 def forward_limit(model, info, batch_size: int, precision: str, device: str, n: int) -> float:
     """Images/s of the forward pass alone, inputs already on the device."""
     from galsae_lake.encoders import _forward
@@ -118,13 +137,14 @@ def bench(encoder: str, blobs: list[bytes], device: str, batch_size: int | None,
     model, info = load_encoder(encoder, weights="random")
     n = len(blobs)
     extract(model, info, blobs[: min(n, 64)], batch_size, device, 0, progress=False)  # warm up
-    rates: dict[str, list[float]] = {"ours": [], "forward": [], "seed": []}
+    rates: dict[str, list[float]] = {"ours": [], "forward": [], "input": [], "seed": []}
     cosine_min = None
     for _ in range(repeats):
         ours = extract(model, info, blobs, batch_size, device, workers, progress=False)
         rates["ours"].append(n / ours.seconds)
         rates["forward"].append(forward_limit(model, info, ours.batch_size, ours.precision,
                                               device, max(n, 4 * ours.batch_size)))
+        rates["input"].append(input_limit(model, info, blobs, ours.batch_size, device, workers))
         if not skip_seed:
             seed_emb, seconds = seed_approach(model, blobs, info.input_size, device)
             rates["seed"].append(n / seconds)
@@ -138,6 +158,7 @@ def bench(encoder: str, blobs: list[bytes], device: str, batch_size: int | None,
            "ours_batch": ours.batch_size, "ours_workers": ours.workers,
            "ours_img_s": round(med["ours"], 1), "forward_img_s": round(med["forward"], 1),
            "ours_vs_forward": round(med["ours"] / med["forward"], 3),
+           "input_img_s": round(med["input"], 1),
            "all_img_s": {k: [round(r, 1) for r in v] for k, v in rates.items()}}
     if "seed" in med:
         row["seed_img_s"] = round(med["seed"], 1)
@@ -174,7 +195,8 @@ def main() -> None:
         print(json.dumps(row))
         print(f"{encoder}: ours {row['ours_img_s']} img/s, seed {row.get('seed_img_s', '-')} img/s "
               f"(x{row.get('ours_vs_seed', '-')}), forward-only {row['forward_img_s']} img/s "
-              f"(ours = {100 * row['ours_vs_forward']:.0f}% of it)", flush=True)
+              f"(ours = {100 * row['ours_vs_forward']:.0f}% of it), input pipeline alone "
+              f"{row['input_img_s']} img/s ({row['ours_workers']} workers)", flush=True)
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(rows, handle, indent=1)
