@@ -31,9 +31,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import duckdb
 import numpy as np
 import polars as pl
 import pyarrow as pa
@@ -41,6 +40,9 @@ import pyarrow.parquet as pq
 
 from galsae_lake import __version__
 from galsae_lake.errors import LakeError
+
+if TYPE_CHECKING:
+    import duckdb
 
 #: the schema version this code writes; it reads lakes up to this version
 SCHEMA_VERSION = 1
@@ -435,6 +437,8 @@ class Lake:
     def connect(self, tables: list[str] | None = None) -> duckdb.DuckDBPyConnection:
         """An in-memory DuckDB connection with one view per table that holds data."""
         self.check_versions()
+        import duckdb  # here, not at import: the training code (GPU machines) needs no SQL
+
         con = duckdb.connect(":memory:")
         for table in tables or self.tables():
             con.execute(f'CREATE VIEW "{table}" AS SELECT * FROM {self.duckdb_source(table)}')
@@ -851,16 +855,16 @@ def query(name: str) -> str:
     return path.read_text()
 
 
-#: statement types `galsae-lake sql` runs; anything else (COPY, INSERT, ATTACH, SET ...) is refused
-_READ_ONLY = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
-
-
 def run_sql(lake: Lake, sql: str) -> duckdb.DuckDBPyRelation | None:
     """Run read-only SQL over the lake's views; returns the last statement's result.
 
     Only SELECT (with WITH, DESCRIBE, SHOW, SUMMARIZE) and EXPLAIN run, so nothing can write to
     the lake or anywhere else.
     """
+    import duckdb
+
+    # statement types that run; anything else (COPY, INSERT, ATTACH, SET ...) is refused
+    read_only = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
     con = lake.connect()
     try:
         statements = con.extract_statements(sql)
@@ -869,7 +873,7 @@ def run_sql(lake: Lake, sql: str) -> duckdb.DuckDBPyRelation | None:
     if not statements:
         raise LakeError("SQL: no statement given")
     for statement in statements:
-        if statement.type not in _READ_ONLY:
+        if statement.type not in read_only:
             kind = str(statement.type).rsplit(".", 1)[-1]
             raise LakeError(f"SQL: only read-only queries run over the lake; refused a {kind} statement")
     result = None

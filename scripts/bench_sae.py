@@ -163,6 +163,9 @@ def main() -> None:
           f"ratio {med_s / med_o:5.2f}x")
     print(f"epoch seconds   ours {ep_o:8.2f}   seed loop {ep_s:8.2f}   ratio {ep_s / ep_o:5.2f}x "
           f"({per_epoch} steps of batch {config.batch_size})")
+    seed_epochs = SAEConfig().epochs
+    print(f"at the seed's {seed_epochs} epochs, from these epoch times (extrapolated): ours "
+          f"{ep_o * seed_epochs / 60:.1f} min, seed loop {ep_s * seed_epochs / 60:.1f} min")
     diff = [abs(a - b) for a, b in zip(l_ours[:steps], l_seed[:steps])]
     print(f"loss, same init and batches, {steps} steps: max |ours - seed| {max(diff):.2e} "
           f"(first 10 steps {max(diff[:10]):.2e}); final ours {l_ours[steps - 1]:.5f} "

@@ -1,20 +1,40 @@
 #!/usr/bin/env bash
-# The checks that need a GPU, as one short script for a lent device (about 15 minutes of it):
-#   bash scripts/gpu_checks.sh [OUT]          # writes OUT/*.txt (default $OUT, else gpu-results/)
+# The checks that need a GPU, as one prepared script for a lent device (about 12 minutes of it):
+#   here:   bash scripts/gpu_wheels.sh                      # once: .whl/ with the wheel it needs
+#   device: run(command="bash scripts/gpu_checks.sh", carry=[".whl"], timeout_s=780)
+# writes $OUT/*.txt (default gpu-results/) and goes on to the next check when one fails.
 # 1. embedding throughput at 224 px, both encoders (random weights: the arithmetic is the hub's):
 #    ours end to end vs the bf16 forward-only limit and vs the seed's approach (targets: >= 80% of
-#    the limit, >= 3x the seed)
+#    the limit, >= 3x the seed), and the input pipeline's own limit (is decoding the bound?)
 # 2. SAE training at the seed's config on 140k x 640 (target: >= 5x the seed's loop): 2 epochs of
-#    each loop step by step, then our full 200-epoch run's wall time
-# Needs the project's .venv (make setup) on the device machine.
-set -euo pipefail
+#    each loop step by step, the 200-epoch times extrapolated from them, then our full 200-epoch
+#    run's measured wall time
+# Python: the project's .venv when there is one, else the machine's python3 with .whl/ on top.
+set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-${OUT:-gpu-results}}"
 mkdir -p "$OUT"
-PY=.venv/bin/python
+if [ -x .venv/bin/python ]; then
+    PY=.venv/bin/python
+else
+    PY=python3
+    if compgen -G ".whl/*.whl" > /dev/null; then
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+            --target /tmp/galsae-site .whl/*.whl || exit 1
+        export PYTHONPATH="/tmp/galsae-site${PYTHONPATH:+:$PYTHONPATH}"
+    fi
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+if ! $PY -c "import galsae_lake.train, galsae_lake.encoders, galsae_lake.sources.synthetic, torchvision" \
+        2> "$OUT/imports.txt"; then
+    echo "the checks cannot import their code with $PY (run scripts/gpu_wheels.sh here and carry .whl):"
+    tail -3 "$OUT/imports.txt"
+    exit 1
+fi
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
+$PY -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__)" | tee -a "$OUT/gpu.txt"
 timeout 240 $PY scripts/bench_embed.py --device cuda --encoder zoobot-euclid,mae-euclid \
     --n 4096 --source-size 224 --format jpeg --repeats 3 --json "$OUT/embed.json" \
-    2>&1 | tee "$OUT/embed.txt"
+    2>&1 | tee "$OUT/embed.txt" || echo "bench_embed stopped with status $?" | tee -a "$OUT/embed.txt"
 timeout 480 $PY scripts/bench_sae.py --device cuda --rows 140000 --epochs 2 --full \
-    2>&1 | tee "$OUT/sae.txt"
+    2>&1 | tee "$OUT/sae.txt" || echo "bench_sae stopped with status $?" | tee -a "$OUT/sae.txt"

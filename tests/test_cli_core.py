@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import polars as pl
@@ -114,3 +116,12 @@ def test_every_command_help_has_an_example():
         assert result.exit_code == 0
         assert "Example:" in result.output, path
         assert "galsae-lake" in result.output.split("Example:")[1], path
+
+
+def test_training_and_embedding_code_imports_without_duckdb():
+    """The GPU checks run on a machine without duckdb (scripts/gpu_checks.sh): the code they
+    import must not need it (the SQL parts import it where they use it)."""
+    code = ("import sys, galsae_lake.train, galsae_lake.encoders, galsae_lake.sources.synthetic; "
+            "print('duckdb' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
