@@ -682,9 +682,10 @@ class Transaction:
 
     def _stage(self, table, partition, arrow, info) -> None:
         spec = table_spec(table)
-        if any(s.table == table and s.partition == partition for s in self._staged) or (
-                (table, partition) in self._removed):
+        if any(s.table == table and s.partition == partition for s in self._staged):
             raise LakeError(f"table {table}: partition {partition} written twice in one command")
+        if (table, partition) in self._removed:
+            raise LakeError(f"table {table}: partition {partition} written and removed in one command")
         if arrow.num_rows == 0:
             raise LakeError(f"table {table}: nothing to write for {partition or 'the table'}")
         conformed = _conform(spec, arrow)
