@@ -228,7 +228,17 @@ def test_newer_schema_version_is_refused(tmp_path):
             action()
 
 
-def test_recovery_rolls_a_dead_commit_forward(tmp_path):
+def commit_dying(tx, monkeypatch, crash) -> None:
+    """Commit ``tx`` with ``crash(lake, plan)`` run in place of applying its journaled plan."""
+    import galsae_lake.lake as lakemod
+
+    with monkeypatch.context() as patch:
+        patch.setattr(lakemod, "_apply_plan", crash)
+        with pytest.raises(KeyboardInterrupt):
+            tx.commit()
+
+
+def test_recovery_rolls_a_dead_commit_forward(tmp_path, monkeypatch):
     """A commit that died after its journal was written is finished by the next writer."""
     lake = Lake(tmp_path / "lake")
     with lake.transaction("synth") as tx:
@@ -236,18 +246,11 @@ def test_recovery_rolls_a_dead_commit_forward(tmp_path):
     # stage a transaction and write its journal, but "die" before moving files
     tx = lake.transaction("synth").__enter__()
     tx.write("galaxies", pl.concat([galaxies(["new"], "train"), galaxies(["t"], "test")]))
-    import galsae_lake.lake as lakemod
 
     def crash(lake_, plan):
         raise KeyboardInterrupt("killed after the journal was written")
 
-    real_apply = lakemod._apply_plan
-    lakemod._apply_plan = crash
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            tx.commit()
-    finally:
-        lakemod._apply_plan = real_apply
+    commit_dying(tx, monkeypatch, crash)
     # the journal is still there; readers still see the old state
     assert lake.read("galaxies")["id_str"].to_list() == ["old"]
     assert any((lake.root / "_staging").rglob("_journal.json"))
@@ -302,13 +305,12 @@ def test_remove_drops_partitions_with_the_writes_of_one_commit(tmp_path):
     assert lake.read("galaxies")["id_str"].to_list() == ["z"]
 
 
-def test_recovery_finishes_a_dead_commit_that_removes(tmp_path):
+def test_recovery_finishes_a_dead_commit_that_removes(tmp_path, monkeypatch):
     lake = Lake(tmp_path / "lake")
     with lake.transaction("synth") as tx:
         tx.write("galaxies", pl.concat([galaxies(["a"], "train"), galaxies(["c"], "test")]))
     tx = lake.transaction("drop").__enter__()
     tx.remove("galaxies", {"split": "test"})
-    import galsae_lake.lake as lakemod
 
     def crash(lake_, plan):  # dies after moving the file aside, before the sidecar
         target = lake_.root / plan["removals"][0]["target"]
@@ -317,13 +319,7 @@ def test_recovery_finishes_a_dead_commit_that_removes(tmp_path):
         target.replace(aside)
         raise KeyboardInterrupt("killed half way")
 
-    real_apply = lakemod._apply_plan
-    lakemod._apply_plan = crash
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            tx.commit()
-    finally:
-        lakemod._apply_plan = real_apply
+    commit_dying(tx, monkeypatch, crash)
     with lake.transaction("other") as other:  # the next writer rolls it forward
         other.write("galaxies", galaxies(["b"], "train"))
     assert lake.read("galaxies")["id_str"].to_list() == ["b"]
