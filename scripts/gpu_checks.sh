@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# The checks that need a GPU, as one prepared script for a lent device (about 12 minutes of it):
+# The checks that need a GPU, as one prepared script for a lent device (at most 12 minutes of
+# it, in two commands since one may run 10 minutes at most; the machine stays warm between them):
 #   here:   bash scripts/gpu_wheels.sh                      # once: .whl/ with the wheel it needs
-#   device: run(command="bash scripts/gpu_checks.sh", carry=[".whl"], timeout_s=780)
-# writes $OUT/*.txt (default gpu-results/) and goes on to the next check when one fails.
+#   device: run(command="bash scripts/gpu_checks.sh embed", carry=[".whl"], timeout_s=280)
+#           run(command="bash scripts/gpu_checks.sh sae", carry=[".whl"], timeout_s=520)
+#   bash scripts/gpu_checks.sh [embed|sae|all] [OUT]       # OUT: default $OUT, else gpu-results/
+# writes OUT/*.txt; with `all`, goes on to the SAE check when the embedding check fails.
 # 1. embedding throughput at 224 px, both encoders (random weights: the arithmetic is the hub's):
 #    ours end to end vs the bf16 forward-only limit and vs the seed's approach (targets: >= 80% of
 #    the limit, >= 3x the seed), and the input pipeline's own limit (is decoding the bound?)
@@ -12,7 +15,9 @@
 # Python: the project's .venv when there is one, else the machine's python3 with .whl/ on top.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT="${1:-${OUT:-gpu-results}}"
+PART="${1:-all}"
+case "$PART" in embed|sae|all) ;; *) echo "usage: gpu_checks.sh [embed|sae|all] [OUT]"; exit 2 ;; esac
+OUT="${2:-${OUT:-gpu-results}}"
 mkdir -p "$OUT"
 if [ -x .venv/bin/python ]; then
     PY=.venv/bin/python
@@ -33,8 +38,8 @@ if ! $PY -c "import galsae_lake.train, galsae_lake.encoders, galsae_lake.sources
 fi
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
 $PY -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__)" | tee -a "$OUT/gpu.txt"
-timeout 240 $PY scripts/bench_embed.py --device cuda --encoder zoobot-euclid,mae-euclid \
+[ "$PART" = sae ] || timeout 240 $PY scripts/bench_embed.py --device cuda --encoder zoobot-euclid,mae-euclid \
     --n 4096 --source-size 224 --format jpeg --repeats 3 --json "$OUT/embed.json" \
     2>&1 | tee "$OUT/embed.txt" || echo "bench_embed stopped with status $?" | tee -a "$OUT/embed.txt"
-timeout 480 $PY scripts/bench_sae.py --device cuda --rows 140000 --epochs 2 --full \
+[ "$PART" = embed ] || timeout 480 $PY scripts/bench_sae.py --device cuda --rows 140000 --epochs 2 --full \
     2>&1 | tee "$OUT/sae.txt" || echo "bench_sae stopped with status $?" | tee -a "$OUT/sae.txt"
