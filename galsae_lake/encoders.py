@@ -668,16 +668,14 @@ def shard_mask(ids: Sequence[str], i: int, n: int) -> np.ndarray:
 
 
 def _images_version(lake, split: str) -> str | None:
-    meta = (lake.info("images").get("partitions") or {}).get(f"split={split}") or {}
-    return meta.get("written_at")
+    return lake.partition_info("images", split=split).get("written_at")
 
 
 def _done(lake, table: str, partition: dict, key: dict) -> bool:
     """Is this partition already written with the same encoder weights and images?"""
     if not lake.exists(table, **partition):
         return False
-    name = "/".join(f"{k}={v}" for k, v in partition.items())
-    meta = (lake.info(table).get("partitions") or {}).get(name) or {}
+    meta = lake.partition_info(table, **partition)
     return all(meta.get(k) == v for k, v in key.items())
 
 
@@ -858,8 +856,7 @@ def _merge_shards(lake, tag: str, split: str, n: int, key: dict, summary: dict, 
     ids = pa.chunked_array([pq.read_table(path, columns=["id_str"]).column(0) for path in files])
     if pc.count_distinct(ids).as_py() != len(ids):
         raise LakeError(f"embedding_shards {tag}/{split}: shards overlap (duplicate ids)")
-    shard_info = lake.info("embedding_shards").get("partitions", {})
-    metas = [shard_info.get("/".join(f"{k}={v}" for k, v in p.items())) or {} for p in partitions]
+    metas = [lake.partition_info("embedding_shards", **p) for p in partitions]
     info = {**key, "merged_shards": n,
             "skipped_corrupt": sum(meta.get("skipped_corrupt", 0) for meta in metas),
             "corrupt_ids": [i for meta in metas for i in meta.get("corrupt_ids", [])][:100]}

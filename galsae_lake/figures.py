@@ -137,11 +137,6 @@ def _model_kind(model_id: str) -> str:
     return "pca" if model_id.startswith("pca-") else "sae"
 
 
-def _written_at(lake: Lake, table: str, partition: str) -> str:
-    info = lake.info(table) or {}
-    return str(info.get("partitions", {}).get(partition, {}).get("written_at", ""))
-
-
 def find_pca_baseline(lake: Lake, encoder: str, split: str = "test") -> str | None:
     """The newest PCA of ``encoder`` analyzed on ``split`` (None if there is none).
 
@@ -163,8 +158,11 @@ def find_pca_baseline(lake: Lake, encoder: str, split: str = "test") -> str | No
     candidates = [m for m in ids if m in analyzed]
     if not candidates:
         return None
-    return max(candidates, key=lambda m: (
-        created.get(m) or _written_at(lake, "feature_summary", f"model_id={m}/split={split}"), m))
+    def written_at(m: str) -> str:
+        return str(lake.partition_info("feature_summary", model_id=m, split=split)
+                   .get("written_at", ""))
+
+    return max(candidates, key=lambda m: (created.get(m) or written_at(m), m))
 
 
 def _summary_frame(summary: pl.DataFrame, corr: pl.DataFrame) -> pl.DataFrame:

@@ -349,6 +349,13 @@ class Lake:
             )
         return info
 
+    def partition_info(self, table: str, **partition: Any) -> dict[str, Any]:
+        """The sidecar entry of one partition (rows, command, parameters, written_at and what
+        the writer recorded); empty when the partition was never written."""
+        self.partition_dir(table, partition)  # checks the keys
+        name = _partition_name({k: partition[k] for k in table_spec(table).partition_by})
+        return dict((self.info(table).get("partitions") or {}).get(name or ".") or {})
+
     def check_versions(self) -> None:
         """Raise if any table of the lake was written by a newer schema version."""
         for table in self.tables():
@@ -716,7 +723,7 @@ class Transaction:
                     "table": staged.table,
                     "staged": str(staged.path.relative_to(self.lake.root)),
                     "target": str(target.relative_to(self.lake.root)),
-                    "partition": "/".join(f"{k}={v}" for k, v in staged.partition.items()),
+                    "partition": _partition_name(staged.partition),
                     "meta": {
                         "rows": staged.rows,
                         "command": self.command,
@@ -745,6 +752,12 @@ class Transaction:
             _apply_plan(self.lake, plan)
             self.committed = True
             journal.unlink()
+
+
+def _partition_name(partition: Mapping[str, Any]) -> str:
+    """``{"encoder": "x", "split": "test"}`` -> ``encoder=x/split=test``: a partition's key in
+    the sidecar and its path under the table ('' for an unpartitioned table)."""
+    return "/".join(f"{k}={v}" for k, v in partition.items())
 
 
 def _parquet_options(spec: TableSpec) -> dict[str, Any]:
@@ -808,7 +821,7 @@ def _update_sidecar(lake: Lake, table: str, entries: list[dict]) -> None:
     for entry in entries:
         partitions[entry["partition"] or "."] = entry["meta"]
     # forget partitions whose data file is gone (removed by a transaction or by hand)
-    live = {"/".join(f"{k}={v}" for k, v in p.items()) or "." for p in lake.partitions(table)}
+    live = {_partition_name(p) or "." for p in lake.partitions(table)}
     partitions = {k: v for k, v in sorted(partitions.items()) if k in live}
     if not partitions:  # every partition removed: the table goes with them
         path.unlink(missing_ok=True)

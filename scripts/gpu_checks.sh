@@ -24,7 +24,7 @@ if [ -x .venv/bin/python ]; then
 else
     PY=python3
     if compgen -G ".whl/*.whl" > /dev/null; then
-        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
             --target /tmp/galsae-site .whl/*.whl || exit 1
         export PYTHONPATH="/tmp/galsae-site${PYTHONPATH:+:$PYTHONPATH}"
     fi

@@ -293,6 +293,10 @@ def test_remove_drops_partitions_with_the_writes_of_one_commit(tmp_path):
     assert not (lake.root / "galaxies" / "split=test").exists()
     info = lake.info("galaxies")
     assert list(info["partitions"]) == ["split=train"] and info["rows"] == 1
+    assert lake.partition_info("galaxies", split="train")["rows"] == 1
+    assert lake.partition_info("galaxies", split="test") == {}
+    with pytest.raises(LakeError, match="partitioned by"):
+        lake.partition_info("galaxies", encoder="x")
     # the last partition of a table gone: the table (folder and sidecar) goes too
     assert not (lake.root / "truth").exists() and "truth" not in lake.tables()
     for first_write in (True, False):  # either order
