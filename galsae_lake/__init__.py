@@ -11,9 +11,9 @@ __version__ = "0.1.0"
 
 import os as _os  # noqa: E402
 
-# OpenMP threads that spin while they wait make torch 10-35x slower whenever another process
-# shares the cores (measured: train-sae 382 s spinning vs 11 s passive, same result). Set before
-# torch is first imported; a user's own setting wins.
+# OpenMP threads that spin while they wait make torch many times slower whenever another process
+# shares the cores (measurements: docs/benchmarks.md). Set before torch is first imported; a
+# user's own setting wins.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from galsae_lake.errors import GalsaeError  # noqa: E402

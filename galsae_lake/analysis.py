@@ -31,8 +31,8 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -46,10 +46,15 @@ import scipy.stats
 from galsae_lake import gz
 from galsae_lake.errors import InputError
 from galsae_lake.lake import Lake, query, vectors
+from galsae_lake.models import Model, latest_pca, resolve_model
 
 DEFAULT_SPLIT = "test"
 DEFAULT_CATALOG = "volunteers"
 DEFAULT_PERMUTATIONS = 20
+#: DuckDB's memory limit during analyze (sorts past it spill to a temporary folder)
+MEMORY_LIMIT = "2GB"
+#: threads over label row sets in numpy (1: the GIL-bound parts made two slower than one)
+WORKERS = 1
 #: the seed's rule: rho is 0 unless more than this many rows keep the label
 MIN_ROWS = 10
 #: the seed's rule: a feature whose std is below this is constant (novelty 1)
@@ -93,15 +98,6 @@ class MethodResult:
     novelty: np.ndarray    # [features]
     frequency: np.ndarray  # [features]
     null: np.ndarray       # [permutations x labels]: max |rho| over features, labels shuffled
-
-
-@dataclass
-class Model:
-    model_id: str
-    kind: str      # "sae" or "pca"
-    encoder: str
-    n_features: int
-    info: dict[str, Any] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------- the numbers
@@ -471,35 +467,6 @@ def novelty(codes: Codes, basis: np.ndarray, block_entries: int = BLOCK_ENTRIES)
 # ----------------------------------------------------------------------------- the lake side
 
 
-def _run_row(lake: Lake, table: str, key: str, model_id: str, known: list[str]) -> dict | None:
-    """The row of ``table`` whose ``key`` is ``model_id`` (None if absent); adds the ids to ``known``."""
-    if not lake.exists(table):
-        return None
-    rows = lake.arrow(table)
-    ids = rows.column(key).to_pylist()
-    known += ids
-    return rows.slice(ids.index(model_id), 1).to_pylist()[0] if model_id in ids else None
-
-
-def resolve_model(lake: Lake, model_id: str) -> Model:
-    """The SAE run or PCA named ``model_id``; an InputError naming the known ids otherwise."""
-    import json
-    known: list[str] = []
-    row = _run_row(lake, "sae_runs", "run_id", model_id, known)
-    if row is not None:
-        config = json.loads(row["config"] or "{}")
-        size = sum(config.get("group_sizes") or [])
-        if not size and lake.exists("sae_features", run_id=model_id):
-            size = int(lake.arrow("sae_features", run_id=model_id).column("feature")
-                       .to_numpy().max()) + 1
-        return Model(model_id, "sae", row["encoder"], int(size), row)
-    row = _run_row(lake, "pca_runs", "pca_id", model_id, known)
-    if row is not None:
-        return Model(model_id, "pca", row["encoder"], int(row["n_components"]), row)
-    hint = f"known models: {', '.join(known)}" if known else "run galsae-lake train-sae or pca first"
-    raise InputError(f"unknown model id {model_id!r}; {hint}")
-
-
 def split_ids(lake: Lake, encoder: str, split: str) -> np.ndarray:
     """The galaxies of a split: the encoder's embeddings rows, else the ``galaxies`` table."""
     if lake.exists("embeddings", encoder=encoder, split=split):
@@ -586,10 +553,9 @@ def read_codes(lake: Lake, model: Model, split: str, rows_of_split: np.ndarray, 
     ``engine="sql"`` joins with sql/analysis_codes.sql; the default reads the Parquet files with
     pyarrow (ids mapped through the files' string dictionaries; same result, no string join).
     """
-    table, key = ("sae_activations", "run_id") if model.kind == "sae" else ("pca_scores", "pca_id")
+    table, key, feature, value = model.codes
     if not lake.exists(table, **{key: model.model_id, "split": split}):
         raise InputError(f"{table} has no rows for {model.model_id!r} on split {split!r}")
-    feature, value = ("feature", "activation") if model.kind == "sae" else ("component", "score")
     n_rows = int(rows_of_split.max()) + 1 if len(rows_of_split) else 1
     if engine != "sql":
         data = _read(lake, table, ["id_str", feature, value], ["id_str"],
@@ -662,7 +628,7 @@ def dense_relu_activations(lake: Lake, model: Model, X: np.ndarray) -> np.ndarra
     try:  # imported here: torch is only needed for this option
         from galsae_lake import sae
     except ImportError as exc:
-        raise InputError(f"--seed-variant needs the SAE module (galsae_lake.sae): {exc}") from None
+        raise InputError(f"--reference-variant needs the SAE module (galsae_lake.sae): {exc}") from None
     try:
         from galsae_lake.train import load_sae
     except ImportError:
@@ -707,16 +673,14 @@ def spearman_sql(codes: Codes, labels: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 def analyze(lake: Lake, model_id: str, split: str = DEFAULT_SPLIT, catalog: str = DEFAULT_CATALOG,
             exclude_question: str = gz.PRIMARY_QUESTION, permutations: int = DEFAULT_PERMUTATIONS,
-            seed: int = 0, seed_variant: bool = False, skip_empty_labels: bool = False,
-            engine: str = "numpy", threads: int | None = None, memory_limit: str = "2GB",
-            dense_codes: Callable[[Lake, Model, np.ndarray], np.ndarray] | None = None,
-            workers: int = 1) -> dict[str, Any]:
+            seed: int = 0, reference_variant: bool = False, skip_empty_labels: bool = False,
+            engine: str = "numpy", threads: int | None = None) -> dict[str, Any]:
     """Write feature_label_corr, feature_summary and label_null for (model_id, split).
 
-    ``seed_variant`` adds method ``sae_relu``: the seed's dense ReLU activations of the same SAE
-    (pre-activation > 0, no top-k), computed from the split's embeddings. ``threads`` is DuckDB's
-    (default: all cores); ``workers`` the threads over row sets in numpy (default 1: the GIL-bound
-    parts made two slower than one in measurements). Returns a summary dict.
+    ``reference_variant`` adds method ``sae_relu``: the reference code's (the seed's) dense ReLU
+    activations of the same SAE (pre-activation > 0, no top-k), computed from the split's
+    embeddings. ``seed`` is the random seed of the label shuffles. ``threads`` is DuckDB's
+    (default: all cores). Returns a summary dict.
     """
     started = time.perf_counter()
     if permutations < 0:
@@ -727,23 +691,23 @@ def analyze(lake: Lake, model_id: str, split: str = DEFAULT_SPLIT, catalog: str 
     if engine not in ("numpy", "sql"):
         raise InputError(f"engine must be numpy or sql, got {engine!r}")
     model = resolve_model(lake, model_id)
-    if seed_variant and model.kind != "sae":
-        raise InputError("--seed-variant needs an SAE run id (dense ReLU codes of its latents)")
+    if reference_variant and model.kind != "sae":
+        raise InputError("--reference-variant needs an SAE run id (dense ReLU codes of its latents)")
     spill = tempfile.TemporaryDirectory(prefix="galsae-analyze-")
     con = duckdb.connect(":memory:")
     con.execute(f"SET threads = {int(threads or os.cpu_count() or 1)}")
-    con.execute("SET memory_limit = $limit", {"limit": memory_limit})
+    con.execute("SET memory_limit = $limit", {"limit": MEMORY_LIMIT})
     con.execute("SET temp_directory = $dir", {"dir": spill.name})  # sorts past the limit spill here
     try:
         return _analyze(lake, con, model, split, catalog, exclude_question, permutations, seed,
-                        seed_variant, skip_empty_labels, engine, workers, dense_codes, started)
+                        reference_variant, skip_empty_labels, engine, started)
     finally:
         con.close()
         spill.cleanup()
 
 
 def _analyze(lake, con, model, split, catalog, exclude_question, permutations, seed,
-             seed_variant, skip_empty_labels, engine, workers, dense_codes, started):
+             reference_variant, skip_empty_labels, engine, started):
     model_id = model.model_id
     ids = split_ids(lake, model.encoder, split)
     all_labels = label_matrix(lake, ids, split, catalog, con, engine)
@@ -761,28 +725,28 @@ def _analyze(lake, con, model, split, catalog, exclude_question, permutations, s
     labels = all_labels[voted]
     codes = read_codes(lake, model, split, rows_of_split, ids, con, engine)
     timings = {"read": time.perf_counter() - started}
-    results = [compute(codes, labels, permutations, seed, engine, workers)]
+    results = [compute(codes, labels, permutations, seed, engine, WORKERS)]
     del codes
     timings["compute"] = time.perf_counter() - started - timings["read"]
-    if seed_variant:
+    if reference_variant:
         X = vectors(lake.arrow("embeddings", columns=["id_str", "embedding"],
                                encoder=model.encoder, split=split))
-        dense = (dense_codes or dense_relu_activations)(lake, model, X)
+        dense = dense_relu_activations(lake, model, X)
         relu = Codes.from_dense("sae_relu", dense[voted], frequency_rows=dense)
-        results.append(compute(relu, labels, permutations, seed, engine, workers))
+        results.append(compute(relu, labels, permutations, seed, engine, WORKERS))
     mark = time.perf_counter()
     tables = summarize(con, results, exclude_question)
     timings["summarize"] = time.perf_counter() - mark
     mark = time.perf_counter()
     parameters = {"model_id": model_id, "split": split, "catalog": catalog,
                   "exclude_question": exclude_question, "permutations": permutations,
-                  "seed": seed, "seed_variant": seed_variant,
+                  "seed": seed, "reference_variant": reference_variant,
                   "skip_empty_labels": skip_empty_labels}
     partition = {"model_id": model_id, "split": split}
     info = {"kind": model.kind, "encoder": model.encoder, "n_features": model.n_features,
             "catalog": catalog, "rows": int(voted.sum()), "galaxies": int(len(ids)),
             "empty_labels": empty}
-    upstream = ["sae_activations" if model.kind == "sae" else "pca_scores", "votes"]
+    upstream = [model.codes.table, "votes"]
     with lake.transaction("analyze", parameters, upstream=upstream) as tx:
         for name, table in tables.items():
             tx.write(name, table, partition=partition, info=info)
@@ -862,10 +826,16 @@ def compare(lake: Lake, sae_id: str, pca_id: str | None = None, split: str = DEF
                                                 "split": split}).pl()
 
 
-def latest_pca(lake: Lake, encoder: str) -> str:
-    """The newest PCA fitted on ``encoder``'s embeddings."""
-    if lake.exists("pca_runs"):
-        runs = lake.read("pca_runs").filter(encoder=encoder).sort("created_at")
-        if runs.height:
-            return runs["pca_id"][-1]
-    raise InputError(f"no PCA for encoder {encoder!r}; run galsae-lake pca --encoder {encoder} first")
+def analyze_with_pca(lake: Lake, sae_id: str, split: str = DEFAULT_SPLIT, **options: Any
+                     ) -> tuple[list[dict[str, Any]], Any]:
+    """Analyze SAE run ``sae_id`` and the newest PCA of its encoder on ``split``, then compare
+    them (:func:`compare`). ``options`` go to :func:`analyze` (``reference_variant`` to the SAE's
+    only). Returns both analyses' summaries and the comparison frame."""
+    model = resolve_model(lake, sae_id)
+    if model.kind != "sae":
+        raise InputError(f"{sae_id!r} is a PCA; --with-pca needs an SAE run id")
+    pca_id = latest_pca(lake, model.encoder)
+    results = [analyze(lake, sae_id, split, **options)]
+    options.pop("reference_variant", None)
+    results.append(analyze(lake, pca_id, split, **options))
+    return results, compare(lake, sae_id, pca_id, split)

@@ -14,10 +14,11 @@ import click
 import polars as pl
 
 from galsae_lake import __version__
+from galsae_lake.cli_options import (IMAGE_FORMATS, CommaList, catalog_option, device_option,
+                                     image_format_option, output_options, quiet_option,
+                                     split_option, splits_option)
 from galsae_lake.errors import GalsaeError
 from galsae_lake.lake import Lake, run_sql
-
-FORMATS = ("table", "csv", "json", "parquet")
 
 
 class Group(click.Group):
@@ -76,14 +77,6 @@ def write_frame(frame: pl.DataFrame, fmt: str, output: str | None, lake: Lake | 
         click.echo(f"wrote {frame.height} rows to {output}", err=True)
 
 
-def format_options(func):
-    func = click.option("--output", "-o", type=click.Path(dir_okay=False),
-                        help="Write the result to FILE instead of the terminal.")(func)
-    func = click.option("--format", "fmt", type=click.Choice(FORMATS), default="table",
-                        show_default=True, help="Output format.")(func)
-    return func
-
-
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]},
              epilog=example("galsae-lake --lake lake demo"))
 @click.option("--lake", type=click.Path(file_okay=True), envvar="GALSAE_LAKE", default=None,
@@ -98,16 +91,17 @@ def main(lake: str | None) -> None:
 
 
 @main.command(epilog=example("galsae-lake tables --format csv"))
-@format_options
+@output_options
 @click.pass_context
 def tables(ctx: click.Context, fmt: str, output: str | None) -> None:
-    """List the lake's tables with their rows, partitions and size on disk."""
+    """List the lake's tables: rows, partitions, size on disk, and the command and function
+    that write each (with its query in sql/)."""
     lake = lake_of(ctx)
     lake.check_versions()
     rows = lake.summary()
     frame = pl.DataFrame(rows, schema={"table": pl.String, "rows": pl.Int64,
                                        "partitions": pl.Int64, "bytes": pl.Int64,
-                                       "updated_at": pl.String})
+                                       "updated_at": pl.String, "written_by": pl.String})
     if fmt == "table":
         frame = frame.with_columns(pl.col("bytes").map_elements(_human, return_dtype=pl.String)
                                    .alias("size")).drop("bytes")
@@ -125,7 +119,7 @@ def _human(size: int) -> str:
 @main.command(epilog=example(
     "galsae-lake sql \"SELECT split, count(*) AS n FROM galaxies GROUP BY split\""))
 @click.argument("query")
-@format_options
+@output_options
 @click.pass_context
 def sql(ctx: click.Context, query: str, fmt: str, output: str | None) -> None:
     """Run a read-only DuckDB QUERY over the lake (one view per table, named as the table).
@@ -149,8 +143,10 @@ def sql(ctx: click.Context, query: str, fmt: str, output: str | None) -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed (same seed, same lake).")
 @click.option("--test-fraction", type=float, default=0.2, show_default=True,
               help="Share of galaxies in the test split.")
+@quiet_option
 @click.pass_context
-def synth(ctx: click.Context, n: int, image_size: int, seed: int, test_fraction: float) -> None:
+def synth(ctx: click.Context, n: int, image_size: int, seed: int, test_fraction: float,
+          quiet: bool) -> None:
     """Make N synthetic Euclid-like galaxies with planted morphology and simulated volunteers.
 
     Fills galaxies, images (PNG), votes (catalog volunteers) and truth (the planted factors).
@@ -158,7 +154,7 @@ def synth(ctx: click.Context, n: int, image_size: int, seed: int, test_fraction:
     from galsae_lake.sources.synthetic import synthesize
 
     summary = synthesize(lake_of(ctx), n, image_size=image_size, seed=seed,
-                         test_fraction=test_fraction, progress=True)
+                         test_fraction=test_fraction, progress=not quiet)
     splits = ", ".join(f"{k} {v}" for k, v in summary["splits"].items())
     click.echo(f"synth: {summary['galaxies']} galaxies ({splits}); wrote galaxies, images, "
                f"votes[catalog=volunteers], truth")
@@ -174,18 +170,19 @@ def ingest():
 @click.option("--dataset", default="mwalmsley/gz_euclid", show_default=True,
               help="Hugging Face dataset name, or a local folder in the same shape.")
 @click.option("--config", default=None, help="Dataset configuration name.")
-@click.option("--splits", default="train,test", show_default=True, help="Comma-separated splits.")
+@splits_option("train,test", help="Comma-separated splits.")
 @click.option("--limit", type=int, default=None, help="At most this many galaxies per split.")
-@click.option("--catalog", default="volunteers", show_default=True, help="votes catalog to write.")
+@catalog_option(help="The votes catalog to write.")
+@quiet_option
 @click.pass_context
-def ingest_hf_command(ctx: click.Context, dataset: str, config: str | None, splits: str,
-                      limit: int | None, catalog: str) -> None:
+def ingest_hf_command(ctx: click.Context, dataset: str, config: str | None,
+                      splits: tuple[str, ...], limit: int | None, catalog: str,
+                      quiet: bool) -> None:
     """Stream a Galaxy Zoo dataset's galaxies, images and votes into the lake."""
     from galsae_lake.sources.huggingface import ingest_hf
 
-    names = tuple(s.strip() for s in splits.split(",") if s.strip())
-    summary = ingest_hf(lake_of(ctx), dataset, config=config, splits=names, limit=limit,
-                        catalog=catalog, progress=True)
+    summary = ingest_hf(lake_of(ctx), dataset, config=config, splits=splits, limit=limit,
+                        catalog=catalog, progress=not quiet)
     parts = ", ".join(f"{k} {v}" for k, v in summary["splits"].items())
     click.echo(f"ingest hf: {summary['source']} ({parts}); wrote galaxies, images, "
                f"votes[catalog={catalog}]" + (f"; {summary['images_missing']} images missing"
@@ -198,7 +195,7 @@ def ingest_hf_command(ctx: click.Context, dataset: str, config: str | None, spli
     "bar_strong_fraction FROM votes GROUP BY id_str\" --format parquet -o bars.parquet\n"
     "  galsae-lake ingest votes bars.parquet --catalog bars"))
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--catalog", default="volunteers", show_default=True, help="votes catalog to write.")
+@catalog_option(help="The votes catalog to write.")
 @click.option("--id-column", default="id_str", show_default=True)
 @click.option("--split-column", default="split", show_default=True,
               help="Column naming each galaxy's split (else the lake's galaxies decide).")
@@ -219,25 +216,26 @@ def ingest_votes_command(ctx: click.Context, file: str, catalog: str, id_column:
 
 # ---- figures ----
 @main.command(epilog=example(
-    "galsae-lake figures --model sae-zoobot-synth-9a1f36 --format html,png --top 8\n"
+    "galsae-lake figures --model sae-zoobot-synth-9a1f36 --image-format html,png --top 8\n"
     "  (sae-zoobot-synth-9a1f36 is the zoobot-synth SAE that galsae-lake demo builds)"))
 @click.option("--model", "model_id", required=True,
               help="An SAE run_id or a pca_id that `galsae-lake analyze` has analyzed.")
 @click.option("--out", type=click.Path(file_okay=False),
               help="Output folder [default: <lake>/figures/<model>].")
-@click.option("--format", "formats", default="html,png", show_default=True,
-              help="Comma-separated: html (offline report and feature browser), png, svg.")
-@click.option("--split", default="test", show_default=True, help="The analyzed split to draw.")
+@image_format_option
+@click.option("--format", "legacy_formats", type=CommaList(IMAGE_FORMATS), hidden=True,
+              help="The design's earlier name of --image-format (html, png, svg only).")
+@split_option("test", help="The analyzed split to draw.")
 @click.option("--top", default=8, show_default=True, type=click.IntRange(min=0),
               help="Gallery files for this many features (most frequent first).")
 @click.pass_context
-def figures(ctx: click.Context, model_id: str, out: str | None, formats: str, split: str,
-            top: int) -> None:
+def figures(ctx: click.Context, model_id: str, out: str | None, formats: tuple[str, ...],
+            legacy_formats: tuple[str, ...] | None, split: str, top: int) -> None:
     """Draw a model's figures from the lake: alignment and novelty distributions (SAE vs PCA),
     Matryoshka reconstruction, explained variance, training curves, galleries, feature browser."""
     from galsae_lake.figures import make_figures
 
-    written = make_figures(lake_of(ctx), model_id, out=out, formats=formats.split(","),
+    written = make_figures(lake_of(ctx), model_id, out=out, formats=legacy_formats or formats,
                            split=split, top=top, log=echo_err)
     for path in written:
         click.echo(str(path))
@@ -252,11 +250,10 @@ def figures(ctx: click.Context, model_id: str, out: str | None, formats: str, sp
                    "zoobot, mae, demo [default: mae for mae* encoders, else zoobot].")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config key (plain or section-dotted, TOML value); repeatable.")
-@click.option("--split", default="train", show_default=True,
-              help="The split to fit the normalization and train on.")
+@split_option("train", help="The split to fit the normalization and train on.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads for torch [default: torch's own]; 1 is often fastest on a busy machine.")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@quiet_option
 @click.pass_context
 def train_sae_command(ctx: click.Context, encoder: str, config_path: str | None,
                       overrides: tuple[str, ...], split: str, threads: int | None,
@@ -268,13 +265,12 @@ def train_sae_command(ctx: click.Context, encoder: str, config_path: str | None,
     """
     from galsae_lake.train import train_sae
 
-    lake = lake_of(ctx)
-    run_id = train_sae(lake, encoder, split=split, config_path=config_path,
-                       overrides=list(overrides), progress=not quiet, threads=threads)
-    metrics = json.loads(lake.read("sae_runs").filter(pl.col("run_id") == run_id)["metrics"][0])
-    click.echo(f"fvu {metrics['fvu']:.4f} on {metrics['split']}, L0 {metrics['l0']:.1f}, "
-               f"dead {metrics['dead_fraction']:.3f}, threshold {metrics['threshold']:.4f}", err=True)
-    click.echo(run_id)
+    run = train_sae(lake_of(ctx), encoder, split=split, config_path=config_path,
+                    overrides=list(overrides), progress=not quiet, threads=threads)
+    m = run.metrics
+    click.echo(f"fvu {m['fvu']:.4f} on {m['split']}, L0 {m['l0']:.1f}, dead "
+               f"{m['dead_fraction']:.3f}, threshold {m['threshold']:.4f}", err=True)
+    click.echo(run.run_id)
 
 
 # ---- analysis ----
@@ -294,46 +290,45 @@ def pca(ctx: click.Context, encoder: str, n_components: int, fit_split: str) -> 
 @main.command(epilog=example("galsae-lake analyze --model pca-zoobot-synth-50c4c7 --split test"))
 @click.option("--model", "model_id", required=True,
               help="An SAE run_id (sae-...) or a pca_id (pca-...).")
-@click.option("--split", default="test", show_default=True, help="Split to analyze.")
-@click.option("--catalog", default="volunteers", show_default=True, help="Votes catalog.")
+@split_option("test", help="Split to analyze.")
+@catalog_option(help="The votes catalog whose labels to correlate with.")
 @click.option("--exclude-question", default="smooth-or-featured", show_default=True,
               help="Question left out of the secondary view ('' keeps all labels).")
 @click.option("--permutations", default=20, show_default=True, type=click.IntRange(min=0),
               help="Label shuffles for the permutation null (0 = none).")
-@click.option("--seed", default=0, show_default=True, help="Seed of the shuffles.")
-@click.option("--seed-variant", is_flag=True,
-              help="Also analyze the seed's dense ReLU activations (method sae_relu).")
+@click.option("--seed", default=0, show_default=True, help="Random seed of the shuffles.")
+@click.option("--reference-variant", is_flag=True,
+              help="Also analyze the reference code's (the seed's) dense ReLU activations "
+                   "(method sae_relu).")
 @click.option("--skip-empty-labels", is_flag=True,
               help="Analyze without labels that have no votes on the split (rho 0, n 0).")
 @click.option("--with-pca", is_flag=True,
               help="For an SAE: also analyze the newest PCA of its encoder and print the comparison.")
 @click.pass_context
 def analyze(ctx: click.Context, model_id: str, split: str, catalog: str, exclude_question: str,
-            permutations: int, seed: int, seed_variant: bool, skip_empty_labels: bool,
+            permutations: int, seed: int, reference_variant: bool, skip_empty_labels: bool,
             with_pca: bool) -> None:
     """Spearman of every feature with every label, novelty and a permutation null.
 
     Writes feature_label_corr, feature_summary and label_null for (MODEL, SPLIT).
     """
     from galsae_lake import analysis
+
     lake = lake_of(ctx)
-    models = [model_id]
+    options = dict(split=split, catalog=catalog, exclude_question=exclude_question,
+                   permutations=permutations, seed=seed, reference_variant=reference_variant,
+                   skip_empty_labels=skip_empty_labels)
     if with_pca:
-        model = analysis.resolve_model(lake, model_id)
-        if model.kind != "sae":
-            raise GalsaeError("--with-pca needs an SAE run id")
-        models.append(analysis.latest_pca(lake, model.encoder))
-    for name in models:
-        r = analysis.analyze(lake, name, split=split, catalog=catalog,
-                             exclude_question=exclude_question, permutations=permutations,
-                             seed=seed, seed_variant=seed_variant and name == model_id,
-                             skip_empty_labels=skip_empty_labels)
+        results, comparison = analysis.analyze_with_pca(lake, model_id, **options)
+    else:
+        results, comparison = [analysis.analyze(lake, model_id, **options)], None
+    for r in results:
         null = "" if r["null_q95_median"] is None else f", null q95 {r['null_q95_median']:.3f}"
-        click.echo(f"{name} {split}: {r['features']} features x {r['labels']} labels on "
+        click.echo(f"{r['model_id']} {split}: {r['features']} features x {r['labels']} labels on "
                    f"{r['rows']} galaxies; max |rho| {r['max_abs_spearman']:.3f}{null}, "
                    f"median novelty {r['median_novelty']:.3f} ({r['seconds']:.1f} s)")
-    if with_pca:
-        write_frame(analysis.compare(lake, model_id, models[1], split), "table", None)
+    if comparison is not None:
+        write_frame(comparison, "table", None)
 
 
 # ---- demo ----
@@ -341,10 +336,10 @@ def analyze(ctx: click.Context, model_id: str, split: str, catalog: str, exclude
 @click.option("--n", "n", type=click.IntRange(min=200), default=10000, show_default=True,
               help="Synthetic galaxies to build (80% train, 20% test).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic world.")
-@click.option("--format", "formats", default="html,png", show_default=True,
-              help="Figure formats, comma-separated (html, png, svg).")
+@image_format_option
+@quiet_option
 @click.pass_context
-def demo(ctx: click.Context, n: int, seed: int, formats: str) -> None:
+def demo(ctx: click.Context, n: int, seed: int, formats: tuple[str, ...], quiet: bool) -> None:
     """Build the whole lake offline and report what the SAEs found.
 
     Synthesizes Euclid-like galaxies with planted morphology and simulated Galaxy Zoo votes,
@@ -353,9 +348,8 @@ def demo(ctx: click.Context, n: int, seed: int, formats: str) -> None:
     """
     from galsae_lake.demo import format_summary, run_demo
 
-    result = run_demo(lake_of(ctx), n=n, seed=seed,
-                      formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
-                      log=echo_err)
+    result = run_demo(lake_of(ctx), n=n, seed=seed, formats=formats,
+                      log=(lambda line: None) if quiet else echo_err)
     click.echo(format_summary(result))
 
 
@@ -366,10 +360,10 @@ def demo(ctx: click.Context, n: int, seed: int, formats: str) -> None:
 @click.option("--weights", default=None,
               help="hub, random, PATH (hub-layout folder or state-dict file); for the stand-ins "
                    "also lake or shipped [default: hub; stand-ins: lake, else shipped].")
-@click.option("--splits", default=None, help="Comma-separated splits [default: all of images].")
+@splits_option(help="Comma-separated splits [default: all of images].")
 @click.option("--batch-size", type=int, default=None,
               help="Images per batch [default: sized to the device].")
-@click.option("--device", default=None, help="cpu, cuda, cuda:1 ... [default: cuda if available].")
+@device_option
 @click.option("--shard", default=None,
               help="i/n: embed only shard i of n (by id hash); the last shard merges them.")
 @click.option("--workers", type=int, default=None, help="Decoding processes [default: by device].")
@@ -383,7 +377,7 @@ def embed(ctx, encoder, weights, splits, batch_size, device, shard, workers, pre
     from galsae_lake.encoders import embed as run_embed
 
     summary = run_embed(lake_of(ctx), encoder, weights=weights,
-                        splits=splits.split(",") if splits else None, batch_size=batch_size,
+                        splits=list(splits) if splits else None, batch_size=batch_size,
                         device=device, shard=shard, workers=workers, precision=precision,
                         force=force, tag=tag, log=echo_err)
     click.echo(f"embeddings encoder={summary['encoder']}")
@@ -418,7 +412,7 @@ def ingest_embeddings_cmd(ctx, file, encoder, column, id_column, split_column, s
 @click.option("--column", required=True, help="The list column, e.g. pooled_features_block_11.")
 @click.option("--encoder", required=True, help="The encoder name to store them under.")
 @click.option("--config", default=None, help="The dataset configuration (subset).")
-@click.option("--splits", default=None, help="Comma-separated splits [default: all].")
+@splits_option()
 @click.option("--limit", type=int, default=None, help="At most N rows per split.")
 @click.option("--id-column", default="id_str", show_default=True)
 @click.pass_context
@@ -427,7 +421,7 @@ def ingest_hf_embeddings_cmd(ctx, dataset, column, encoder, config, splits, limi
     from galsae_lake.ingest_embeddings import ingest_hf_embeddings
 
     summary = ingest_hf_embeddings(lake_of(ctx), dataset, column, encoder, config=config,
-                                   splits=splits.split(",") if splits else None, limit=limit,
+                                   splits=list(splits) if splits else None, limit=limit,
                                    id_column=id_column, log=echo_err)
     click.echo(f"embeddings encoder={summary['encoder']}")
 
@@ -441,7 +435,7 @@ def ingest_hf_embeddings_cmd(ctx, dataset, column, encoder, config, splits, limi
 @click.option("--learning-rate", type=float, default=None)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--limit", type=int, default=None, help="Train on at most N images.")
-@click.option("--device", default=None, help="cpu, cuda ... [default: cuda if available].")
+@device_option
 @click.pass_context
 def train_encoder_cmd(ctx, encoder, epochs, batch_size, learning_rate, seed, limit, device):
     """Train an offline stand-in encoder on the lake's train images and store its weights there.

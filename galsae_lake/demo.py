@@ -87,7 +87,7 @@ def run_demo(lake: Lake, n: int = DEFAULT_N, seed: int = 0, image_size: int = 64
     for encoder in ENCODERS:
         ids: dict[str, str] = {}
         ids["sae"] = stage(f"train-sae {encoder}", lambda: train_sae(
-            lake, encoder, config_path="demo", progress=True))
+            lake, encoder, config_path="demo", progress=True).run_id)
         ids["pca"] = stage(f"pca {encoder}", lambda: fit_pca(lake, encoder))
         stage(f"analyze {encoder}", lambda: [analyze(lake, ids[kind], skip_empty_labels=True)
                                              for kind in ("sae", "pca")])
@@ -145,7 +145,8 @@ def planted_factors(lake: Lake, sae_id: str, pca_id: str, split: str = "test") -
     does not apply are dropped). For each factor also the best SAE feature's novelty and its
     novelty rank among the SAE's live features (0 = most novel).
     """
-    from galsae_lake.analysis import resolve_model, read_codes, spearman, split_ids
+    from galsae_lake.analysis import read_codes, spearman, split_ids
+    from galsae_lake.models import resolve_model
 
     factors = [name for name, _, _ in PLANTED]
     con = lake.connect(["truth"])

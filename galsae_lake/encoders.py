@@ -668,7 +668,8 @@ def shard_mask(ids: Sequence[str], i: int, n: int) -> np.ndarray:
 
 
 def _images_version(lake, split: str) -> str | None:
-    return lake.partition_info("images", split=split).get("written_at")
+    meta = lake.partition_info("images", split=split)
+    return meta.written_at if meta else None
 
 
 def _done(lake, table: str, partition: dict, key: dict) -> bool:
@@ -676,7 +677,7 @@ def _done(lake, table: str, partition: dict, key: dict) -> bool:
     if not lake.exists(table, **partition):
         return False
     meta = lake.partition_info(table, **partition)
-    return all(meta.get(k) == v for k, v in key.items())
+    return meta is not None and meta.matches(key)
 
 
 def embed(lake, encoder: str, weights: str | None = None, splits: Sequence[str] | None = None,
@@ -858,8 +859,8 @@ def _merge_shards(lake, tag: str, split: str, n: int, key: dict, summary: dict, 
         raise LakeError(f"embedding_shards {tag}/{split}: shards overlap (duplicate ids)")
     metas = [lake.partition_info("embedding_shards", **p) for p in partitions]
     info = {**key, "merged_shards": n,
-            "skipped_corrupt": sum(meta.get("skipped_corrupt", 0) for meta in metas),
-            "corrupt_ids": [i for meta in metas for i in meta.get("corrupt_ids", [])][:100]}
+            "skipped_corrupt": sum(meta.skipped_corrupt for meta in metas),
+            "corrupt_ids": [i for meta in metas for i in meta.corrupt_ids][:100]}
     with lake.transaction("embed", {"encoder": tag, "split": split, "merge_shards": n},
                           upstream=["embedding_shards"]) as tx:
         writer = tx.writer("embeddings", {"encoder": tag, "split": split}, info=info)

@@ -40,12 +40,12 @@ import pyarrow.parquet as pq
 
 from galsae_lake import __version__
 from galsae_lake.errors import LakeError
+from galsae_lake.properties import SCHEMA_VERSION, PartitionProperties, TableProperties
 
 if TYPE_CHECKING:
     import duckdb
 
 #: the schema version this code writes; it reads lakes up to this version
-SCHEMA_VERSION = 1
 DATA_FILE = "data.parquet"
 SIDECAR = "_table.json"
 STAGING = "_staging"
@@ -72,6 +72,9 @@ class TableSpec:
     description: str
     #: for unpartitioned tables: the column that identifies a row; a write replaces rows by it
     key: str | None = None
+    #: who writes it: (command, "module.function"), and the query in sql/ that computes it
+    producers: tuple[tuple[str, str], ...] = ()
+    sql: str | None = None
 
     @property
     def column_names(self) -> list[str]:
@@ -80,9 +83,22 @@ class TableSpec:
     def arrow_type(self, column: str) -> pa.DataType:
         return dict(self.columns)[column]
 
+    @property
+    def written_by(self) -> str:
+        """``command (module.function)`` of each producer, and the table's query if any."""
+        parts = [f"{command} ({code})" for command, code in self.producers]
+        return "; ".join(parts) + (f"; sql/{self.sql}" if self.sql else "")
 
-def _spec(name, partition_by, columns, description, key=None) -> TableSpec:
-    return TableSpec(name, tuple(partition_by), tuple(columns), description, key)
+
+def _spec(name, partition_by, columns, description, key=None, by=(), sql=None) -> TableSpec:
+    return TableSpec(name, tuple(partition_by), tuple(columns), description, key, tuple(by), sql)
+
+
+_SYNTH = ("synth", "galsae_lake.sources.synthetic.synthesize")
+_HF = ("ingest hf", "galsae_lake.sources.huggingface.ingest_hf")
+_TRAIN = (("train-sae", "galsae_lake.train.train_sae"),)
+_PCA = (("pca", "galsae_lake.pca.fit_pca"),)
+_ANALYZE = (("analyze", "galsae_lake.analysis.analyze"),)
 
 
 _S, _F64, _F32, _I32, _I64 = pa.string(), pa.float64(), pa.float32(), pa.int32(), pa.int64()
@@ -92,68 +108,71 @@ TABLES: dict[str, TableSpec] = {
     spec.name: spec
     for spec in [
         _spec("galaxies", ["split"], [("id_str", _S), ("source", _S), ("ra", _F64), ("dec", _F64)],
-              "one row per galaxy: where it comes from and where it is on the sky"),
+              "one row per galaxy: where it comes from and where it is on the sky", by=(_SYNTH, _HF)),
         _spec("images", ["split"], [("id_str", _S), ("image", pa.binary())],
-              "galaxy cutouts as PNG/JPEG bytes"),
+              "galaxy cutouts as PNG/JPEG bytes", by=(_SYNTH, _HF)),
         _spec("votes", ["catalog", "split"],
               [("id_str", _S), ("question", _S), ("answer", _S), ("label", _S), ("count", _I32),
                ("total", _I32), ("fraction", _F64)],
-              "Galaxy Zoo vote counts and fractions, long: one row per galaxy and answer"),
+              "Galaxy Zoo vote counts and fractions, long: one row per galaxy and answer",
+              by=(_SYNTH, _HF, ("ingest votes", "galsae_lake.sources.files.ingest_votes"))),
         _spec("truth", ["split"], [("id_str", _S), ("factor", _S), ("value", _F64)],
-              "the planted morphology of synthetic galaxies, long: one row per galaxy and factor"),
+              "the planted morphology of synthetic galaxies, long: one row per galaxy and factor",
+              by=(_SYNTH,)),
         _spec("embeddings", ["encoder", "split"], [("id_str", _S), ("embedding", VECTOR)],
-              "image-model embeddings, one fixed-size float32 vector per galaxy"),
+              "image-model embeddings, one fixed-size float32 vector per galaxy",
+              by=(("embed", "galsae_lake.encoders.embed"),
+                  ("ingest embeddings", "galsae_lake.ingest_embeddings.ingest_embeddings"),
+                  ("ingest hf-embeddings", "galsae_lake.ingest_embeddings.ingest_hf_embeddings"))),
         _spec("embedding_shards", ["encoder", "split", "shard"],
               [("id_str", _S), ("embedding", VECTOR)],
               "embeddings of one shard (embed --shard i/n, shard=i-of-n), merged into embeddings "
-              "when all n are done"),
+              "when all n are done", by=(("embed --shard", "galsae_lake.encoders.embed"),)),
         _spec("sae_runs", [], [("run_id", _S), ("encoder", _S), ("config", _S), ("checkpoint", _S),
                                ("metrics", _S), ("created_at", _TS)],
-              "one row per trained sparse autoencoder", key="run_id"),
+              "one row per trained sparse autoencoder", key="run_id", by=_TRAIN),
         _spec("sae_training_log", ["run_id"],
               [("step", _I64), ("epoch", _I32), ("loss", _F64), ("mse", _F64), ("l1", _F64),
                ("aux", _F64), ("l0", _F64), ("dead_fraction", _F64), ("lr", _F64)],
-              "SAE training curves"),
+              "SAE training curves", by=_TRAIN),
         _spec("sae_activations", ["run_id", "split"],
               [("id_str", _S), ("feature", _I32), ("activation", _F32)],
-              "non-zero SAE codes only (sparse, long)"),
+              "non-zero SAE codes only (sparse, long)", by=_TRAIN),
         _spec("sae_features", ["run_id"],
               [("feature", _I32), ("group", _I32), ("frequency", _F64), ("mean_activation", _F64),
                ("max_activation", _F64)],
-              "per-feature statistics of an SAE"),
+              "per-feature statistics of an SAE", by=_TRAIN),
         _spec("pca_scores", ["pca_id", "split"], [("id_str", _S), ("component", _I32), ("score", _F32)],
-              "PCA scores, long: one row per galaxy and component"),
+              "PCA scores, long: one row per galaxy and component", by=_PCA),
         _spec("pca_components", ["pca_id"],
               [("component", _I32), ("explained_variance_ratio", _F64), ("loading", VECTOR)],
-              "PCA components and their explained variance"),
+              "PCA components and their explained variance", by=_PCA),
         _spec("feature_label_corr", ["model_id", "split"],
               [("method", _S), ("feature", _I32), ("label", _S), ("spearman", _F64), ("n", _I64)],
-              "Spearman rho of every feature with every Galaxy Zoo label"),
+              "Spearman rho of every feature with every Galaxy Zoo label", by=_ANALYZE,
+              sql="feature_label_corr.sql"),
         _spec("feature_summary", ["model_id", "split"],
               [("method", _S), ("feature", _I32), ("frequency", _F64), ("frequency_rank", _I32),
                ("max_abs_spearman", _F64), ("best_label", _S), ("novelty", _F64),
                ("novelty_rank", _I32), ("max_abs_spearman_secondary", _F64),
                ("best_label_secondary", _S), ("n_features", _I32)],
-              "per-feature alignment with the labels and novelty"),
+              "per-feature alignment with the labels and novelty", by=_ANALYZE,
+              sql="feature_summary.sql"),
         _spec("pca_runs", [], [("pca_id", _S), ("encoder", _S), ("n_components", _I32),
                                ("fit_split", _S), ("n_fit", _I64), ("input_dim", _I32),
                                ("explained_variance", _F64), ("checkpoint", _S),
                                ("created_at", _TS)],
-              "one row per fitted PCA baseline (standardized embeddings)", key="pca_id"),
+              "one row per fitted PCA baseline (standardized embeddings)", key="pca_id",
+              by=_PCA),
         _spec("label_null", ["model_id", "split"],
               [("method", _S), ("label", _S), ("n", _I64), ("n_features", _I32),
                ("permutations", _I32), ("observed_max_abs_spearman", _F64),
                ("null_mean", _F64), ("null_q50", _F64), ("null_q95", _F64), ("null_max", _F64),
                ("excess_over_null", _F64)],
-              "max |rho| over all features per label, observed and with shuffled labels"),
+              "max |rho| over all features per label, observed and with shuffled labels",
+              by=_ANALYZE, sql="label_null.sql"),
     ]
 }
-
-
-def register(spec: TableSpec) -> TableSpec:
-    """Add a table to the registry (for tables beyond the design's contract)."""
-    TABLES[spec.name] = spec
-    return spec
 
 
 def table_spec(name: str) -> TableSpec:
@@ -332,29 +351,17 @@ class Lake:
         return bool(self.partitions(table, **filters))
 
     # ---------------------------------------------------------------- metadata
-    def info(self, table: str) -> dict[str, Any]:
-        """The table's ``_table.json`` (empty dict when the table was never written)."""
-        path = self.table_dir(table) / SIDECAR
-        if not path.exists():
-            return {}
-        try:
-            info = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise LakeError(f"{path} is unreadable: {exc}") from None
-        version = info.get("schema_version", SCHEMA_VERSION)
-        if not isinstance(version, int) or version > SCHEMA_VERSION:
-            raise LakeError(
-                f"table {table} was written with lake schema version {version}; this galsae-lake "
-                f"{__version__} reads up to version {SCHEMA_VERSION}: upgrade galsae-lake"
-            )
-        return info
+    def info(self, table: str) -> TableProperties | None:
+        """The table's ``_table.json`` (None when the table was never written)."""
+        return TableProperties.read(self.table_dir(table) / SIDECAR, table)
 
-    def partition_info(self, table: str, **partition: Any) -> dict[str, Any]:
+    def partition_info(self, table: str, **partition: Any) -> PartitionProperties | None:
         """The sidecar entry of one partition (rows, command, parameters, written_at and what
-        the writer recorded); empty when the partition was never written."""
+        the writer recorded); None when the partition was never written."""
         self.partition_dir(table, partition)  # checks the keys
+        info = self.info(table)
         name = _partition_name({k: partition[k] for k in table_spec(table).partition_by})
-        return dict((self.info(table).get("partitions") or {}).get(name or ".") or {})
+        return info.partition(name) if info else None
 
     def check_versions(self) -> None:
         """Raise if any table of the lake was written by a newer schema version."""
@@ -370,13 +377,14 @@ class Lake:
         rows = []
         for name in TABLES:
             files = self.files(name)
-            info = self.info(name) if files else {}
+            info = self.info(name) if files else None
             rows.append({
                 "table": name,
                 "rows": sum(pq.ParquetFile(f).metadata.num_rows for f in files),
                 "partitions": len(files) if TABLES[name].partition_by else int(bool(files)),
                 "bytes": sum(f.stat().st_size for f in files),
-                "updated_at": info.get("updated_at"),
+                "updated_at": info.updated_at if info else None,
+                "written_by": TABLES[name].written_by,
             })
         return rows
 
@@ -816,40 +824,31 @@ def _apply_plan(lake: Lake, plan: dict) -> None:
 def _update_sidecar(lake: Lake, table: str, entries: list[dict]) -> None:
     spec = table_spec(table)
     path = lake.table_dir(table) / SIDECAR
-    info = lake.info(table) or {"table": table}
-    partitions = info.get("partitions", {})
+    info = lake.info(table) or TableProperties(table)
     for entry in entries:
-        partitions[entry["partition"] or "."] = entry["meta"]
+        info.partitions[entry["partition"] or "."] = PartitionProperties.from_json(entry["meta"])
     # forget partitions whose data file is gone (removed by a transaction or by hand)
     live = {_partition_name(p) or "." for p in lake.partitions(table)}
-    partitions = {k: v for k, v in sorted(partitions.items()) if k in live}
-    if not partitions:  # every partition removed: the table goes with them
+    info.partitions = {k: v for k, v in sorted(info.partitions.items()) if k in live}
+    if not info.partitions:  # every partition removed: the table goes with them
         path.unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             lake.table_dir(table).rmdir()
         return
-    rows = sum(meta.get("rows", 0) for meta in partitions.values())
     if entries:  # (a commit that only removes partitions keeps the last write's lineage)
-        last = entries[-1]["meta"]
-        info.update({
-            "table": table,
-            "schema_version": SCHEMA_VERSION,
-            "description": spec.description,
-            "partition_by": list(spec.partition_by),
-            "columns": {name: str(kind) if kind != VECTOR else "fixed_size_list<float32>"
-                        for name, kind in spec.columns},
-            "command": last["command"],
-            "parameters": last["parameters"],
-            "config_hash": last["config_hash"],
-            "package_version": __version__,
-            "updated_at": last["written_at"],
-        })
-    info.update({"rows": rows, "partitions": partitions,
-                 "upstream": sorted({u for meta in partitions.values()
-                                     for u in meta.get("upstream", [])})})
-    tmp = path.with_name(f".{SIDECAR}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(info, indent=2, default=str))
-    os.replace(tmp, path)
+        last = info.partitions[entries[-1]["partition"] or "."]
+        info.table = table
+        info.schema_version = SCHEMA_VERSION
+        info.description = spec.description
+        info.partition_by = list(spec.partition_by)
+        info.columns = {name: str(kind) if kind != VECTOR else "fixed_size_list<float32>"
+                        for name, kind in spec.columns}
+        info.command, info.parameters = last.command, last.parameters
+        info.config_hash, info.package_version = last.config_hash, __version__
+        info.updated_at = last.written_at
+    info.rows = sum(p.rows for p in info.partitions.values())
+    info.upstream = sorted({u for p in info.partitions.values() for u in p.upstream})
+    info.write(path)
 
 
 def sql_dir() -> Path:

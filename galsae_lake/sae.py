@@ -24,7 +24,7 @@ import tomllib
 import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -416,7 +416,20 @@ class MatryoshkaSAE(nn.Module):
         return model.to(device).eval()
 
 
-def sparse_loss_and_grads(model: MatryoshkaSAE, x: torch.Tensor) -> dict[str, Any]:
+class StepOutput(NamedTuple):
+    """One sparse training step: the loss and its parts (tensors), the mean number of kept codes
+    per row, the smallest kept activation (for the inference threshold) and which latents fired."""
+
+    loss: torch.Tensor
+    mse: torch.Tensor
+    l1: torch.Tensor
+    aux: torch.Tensor
+    l0: float
+    min_kept: torch.Tensor
+    fired: torch.Tensor  # bool [latents]
+
+
+def sparse_loss_and_grads(model: MatryoshkaSAE, x: torch.Tensor) -> StepOutput:
     """One training step's loss and gradients (set on ``.grad``) for normalized ``x``.
 
     The same function as the seed's forward + backward (tests check it against
@@ -426,8 +439,7 @@ def sparse_loss_and_grads(model: MatryoshkaSAE, x: torch.Tensor) -> dict[str, An
     sampled product). Only the encoder's forward product and the auxiliary loss's dead columns
     are dense.
 
-    Returns tensors ``loss, mse, l1, aux``, float ``l0``, ``min_kept`` (the smallest kept
-    activation, for the inference threshold) and ``fired`` (bool [latents]).
+    Returns a :class:`StepOutput`.
     """
     cfg = model.config
     B, d = x.shape
@@ -508,8 +520,8 @@ def sparse_loss_and_grads(model: MatryoshkaSAE, x: torch.Tensor) -> dict[str, An
         model.b_dec.grad = grad_b_dec
         fired = counts > 0
         loss = mse + l1 + aux
-    return {"loss": loss, "mse": mse, "l1": l1, "aux": aux, "l0": nnz / B,
-            "min_kept": z.min() if nnz else torch.zeros((), device=x.device), "fired": fired}
+    return StepOutput(loss, mse, l1, aux, nnz / B,
+                      z.min() if nnz else torch.zeros((), device=x.device), fired)
 
 
 def _batch_topk(model: MatryoshkaSAE, flat: torch.Tensor, n_keep: int):

@@ -22,6 +22,7 @@ import math
 import sys
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -31,8 +32,8 @@ from tqdm.auto import tqdm
 
 from galsae_lake.errors import InputError, LakeError
 from galsae_lake.lake import Lake, short_id, vectors
-from galsae_lake.sae import (NORM_EPS, MatryoshkaSAE, SAEConfig, encode_embeddings, load_config,
-                             resolve_device, sparse_loss_and_grads)
+from galsae_lake.sae import (NORM_EPS, MatryoshkaSAE, SAEConfig, StepOutput, encode_embeddings,
+                             load_config, resolve_device, sparse_loss_and_grads)
 
 #: rows encoded at a time when writing activations and evaluating
 ENCODE_BATCH = 4096
@@ -80,7 +81,7 @@ def epoch_order(n: int, generator: torch.Generator) -> torch.Tensor:
 
 def train_model(X: np.ndarray, config: SAEConfig, progress: bool = True,
                 device: str | torch.device | None = None,
-                on_step: Callable[[int, dict], None] | None = None,
+                on_step: Callable[[int, StepOutput], None] | None = None,
                 ) -> tuple[MatryoshkaSAE, list[dict], dict]:
     """Train an SAE on raw embeddings ``X`` [rows x input_dim] (the training split).
 
@@ -120,12 +121,12 @@ def train_model(X: np.ndarray, config: SAEConfig, progress: bool = True,
             out = sparse_loss_and_grads(model, x)
             model.make_decoder_weights_and_grad_unit_norm()
             optimizer.step()
-            model.update_inactive_features(out["fired"])
+            model.update_inactive_features(out.fired)
             m = config.threshold_momentum
-            threshold = out["min_kept"].clone() if threshold is None else (
-                threshold + m * (out["min_kept"] - threshold))
+            threshold = out.min_kept.clone() if threshold is None else (
+                threshold + m * (out.min_kept - threshold))
             for k in keys:
-                sums[k] += out[k]
+                sums[k] += getattr(out, k)
             count += 1
             step += 1
             if on_step is not None:
@@ -233,16 +234,27 @@ def run_id_for(encoder: str, config: SAEConfig, split: str, ids: np.ndarray, X: 
     return short_id(f"sae-{encoder}", params)
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainedSAE:
+    """What :func:`train_sae` wrote: the run's ``sae_runs`` row, parsed."""
+
+    run_id: str
+    encoder: str
+    config: SAEConfig
+    metrics: dict[str, Any]
+    checkpoint: Path  # the folder of model.safetensors + config.json
+
+
 def train_sae(lake: Lake, encoder: str, config: SAEConfig | None = None, split: str = "train",
               config_path: str | None = None, overrides: list[str] | None = None,
-              progress: bool = True, threads: int | None = None) -> str:
+              progress: bool = True, threads: int | None = None) -> TrainedSAE:
     """Train an SAE on ``embeddings`` of ``encoder`` (split ``split``) and write its tables.
 
     ``config``: an :class:`SAEConfig`; else one is loaded from ``config_path`` (a TOML file or
     a shipped config's name; default: the shipped TOML for the encoder) with ``overrides``
     (``["epochs=20", "training.batch_size=128"]``). ``threads``: CPU threads for torch during
-    this call (on a busy shared machine 1 is often fastest). Returns the run id. Re-running
-    with the same config and data replaces the same run.
+    this call (on a busy shared machine 1 is often fastest). Returns the run (id, config,
+    metrics, checkpoint). Re-running with the same config and data replaces the same run.
     """
     if threads is not None:
         if threads < 1:
@@ -314,7 +326,7 @@ def train_sae(lake: Lake, encoder: str, config: SAEConfig | None = None, split: 
             "metrics": [json.dumps(metrics)],
             "created_at": pa.array([datetime.now(timezone.utc)], pa.timestamp("us", tz="UTC")),
         }))
-    return run_id
+    return TrainedSAE(run_id, encoder, config, metrics, lake.model_dir("sae", run_id))
 
 
 def _write_activations(tx, run_id, split, model, ids, X) -> dict[str, np.ndarray]:

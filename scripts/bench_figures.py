@@ -1,5 +1,6 @@
 """Time `galsae-lake figures` at the real test-split size (35k galaxies, 2048 latents, 64 PCA
-components, 46 labels) on a synthetic lake built in the contract's shapes.
+components, 46 labels) on a synthetic lake built in the contract's shapes and analyzed by the real
+`analyze` (galsae_lake.testing.build_analyzed_lake).
 
     PYTHONPATH=. .venv/bin/python scripts/bench_figures.py [--galaxies 35000] [--image-size 64]
 
@@ -18,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from galsae_lake import figures as F  # noqa: E402
-from test_figures import PCA_ID, RUN_ID, build_lake  # noqa: E402
+from galsae_lake.figures.numerics import sparse_code_explained_variance  # noqa: E402
+from galsae_lake.testing import PCA_ID, RUN_ID, build_analyzed_lake  # noqa: E402
 
 
 def main() -> None:
@@ -44,9 +45,9 @@ def main() -> None:
         lake = Lake(root)
         print(f"reusing the lake at {root}")
     else:
-        lake = build_lake(root, n_galaxies=args.galaxies, n_features=args.features,
-                          n_components=args.components, n_labels=46, top_k=64,
-                          image_size=args.image_size, steps=2000)
+        lake = build_analyzed_lake(root, n_galaxies=args.galaxies, n_features=args.features,
+                                   n_components=args.components, top_k=64,
+                                   image_size=args.image_size, steps=2000)
         print(f"built the synthetic lake in {time.perf_counter() - t:.1f} s "
               f"({args.galaxies} galaxies, {args.features} latents, {args.components} components)")
     for model in (RUN_ID, PCA_ID):
@@ -67,7 +68,7 @@ def main() -> None:
     rows = acts["id_str"].cast(pl.Categorical).to_physical().to_numpy()
     feats, vals = acts["feature"].to_numpy(), acts["activation"].to_numpy()
     t = time.perf_counter()
-    sparse = F.sparse_code_explained_variance(rows, feats, vals, args.galaxies, args.features)
+    sparse = sparse_code_explained_variance(rows, feats, vals, args.galaxies, args.features)
     t_sparse = time.perf_counter() - t
     from sklearn.decomposition import PCA
     from sklearn.preprocessing import StandardScaler

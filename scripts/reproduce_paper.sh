@@ -33,7 +33,7 @@ for encoder in zoobot-euclid mae-euclid; do
     pca_id=$(run pca --encoder "$encoder" --n-components 64 | last_word)
     run analyze --model "$sae_id" --split test
     run analyze --model "$pca_id" --split test
-    run figures --model "$sae_id" --format html,png,svg
-    run figures --model "$pca_id" --format html,png
+    run figures --model "$sae_id" --image-format html,png,svg
+    run figures --model "$pca_id" --image-format html,png
 done
 run tables

@@ -15,7 +15,7 @@ from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LinearRegression
 from sklearn.preprocessing import StandardScaler
 
-from galsae_lake import analysis, gz
+from galsae_lake import analysis, gz, models
 from galsae_lake.analysis import Codes, label_basis, novelty, spearman, spearman_sql
 from galsae_lake.cli import main
 from galsae_lake.lake import Lake, vector_array
@@ -326,13 +326,13 @@ def test_permutation_null_is_chance_level_and_planted_signal_beats_it():
     assert np.median(small[:, 1]) < np.median(null[:, 1])
 
 
-def test_seed_variant_uses_dense_relu_codes(lake):
+def test_reference_variant_uses_dense_relu_codes(lake, monkeypatch):
     ids = lake.arrow("embeddings", columns=["id_str"], encoder=ENCODER, split="test")
     rng = np.random.default_rng(3)
     relu = np.maximum(rng.normal(size=(ids.num_rows, 12)), 0)
 
-    analysis.analyze(lake, RUN_ID, permutations=0, seed_variant=True,
-                     dense_codes=lambda lake_, model, X: relu)
+    monkeypatch.setattr(analysis, "dense_relu_activations", lambda lake_, model, X: relu)
+    analysis.analyze(lake, RUN_ID, permutations=0, reference_variant=True)
     corr = lake.read("feature_label_corr", model_id=RUN_ID, split="test").filter(method="sae_relu")
     labels = lake_labels(lake, ids.column("id_str").to_pylist(), "test")
     expected = seed_spearman(relu, labels)
@@ -422,7 +422,7 @@ def test_feature_blocks_give_the_same_numbers(monkeypatch, cache_bytes, by_row):
     assert np.abs(novelty(codes, basis) - novelty(codes, basis, block_entries=7)).max() <= 1e-12
 
 
-def test_seed_variant_with_a_stand_in_checkpoint(tmp_path):
+def test_reference_variant_with_a_stand_in_checkpoint(tmp_path):
     sae = pytest.importorskip("galsae_lake.sae")
     import torch
     lake = build_lake(tmp_path / "lake")
@@ -430,7 +430,7 @@ def test_seed_variant_with_a_stand_in_checkpoint(tmp_path):
     model = sae.MatryoshkaSAE(sae.SAEConfig(input_dim=6, group_sizes=[4, 8], top_k=3))
     with lake.transaction("stand-in", {}) as tx:
         model.save(tx.stage_dir("sae", RUN_ID))
-    analysis.analyze(lake, RUN_ID, permutations=0, seed_variant=True)
+    analysis.analyze(lake, RUN_ID, permutations=0, reference_variant=True)
     test = lake.arrow("embeddings", encoder=ENCODER, split="test")
     from galsae_lake.lake import vectors
     relu = sae.encode_embeddings(model, vectors(test), dense=True)
@@ -481,7 +481,7 @@ def test_pyarrow_readers_equal_the_sql_readers(tmp_path):
             lake.arrow("sae_activations", columns=["id_str", "feature", "activation"],
                        run_id=RUN_ID, split="test"), codes]),
                  partition={"run_id": RUN_ID, "split": "test"})
-    model = analysis.resolve_model(lake, RUN_ID)
+    model = models.resolve_model(lake, RUN_ID)
     split_ids = analysis.split_ids(lake, ENCODER, "test")
     con = duckdb.connect()
     got = analysis.label_matrix(lake, split_ids, "test", "volunteers", con)

@@ -10,8 +10,8 @@ import polars as pl
 import pyarrow as pa
 import pytest
 
-from galsae_lake.lake import Lake, vector_array
-from lakeutil import assert_one_line_error, cli, lake_hash
+from galsae_lake.lake import Lake
+from galsae_lake.testing import assert_refused, cli
 
 DIM = 16
 SMOOTH = "smooth-or-featured-euclid_smooth_fraction"
@@ -63,14 +63,14 @@ def case_nan_embeddings(root, files, run_id):
     matrix = np.ones((4, DIM))
     matrix[2, 3] = np.nan
     return ["ingest", "embeddings", embeddings_file(files, "nan.parquet", matrix),
-            "--encoder", "other"], ["nan"]
+            "--encoder", "other"], ["1 vectors contain NaN or inf", "first: id x2"]
 
 
 def case_inf_embeddings(root, files, run_id):
     matrix = np.ones((4, DIM))
     matrix[1, 0] = np.inf
     return ["ingest", "embeddings", embeddings_file(files, "inf.parquet", matrix),
-            "--encoder", "other"], ["inf"]
+            "--encoder", "other"], ["1 vectors contain NaN or inf", "first: id x1"]
 
 
 def case_wrong_dimension(root, files, run_id):
@@ -81,7 +81,7 @@ def case_wrong_dimension(root, files, run_id):
 def case_duplicate_ids(root, files, run_id):
     return ["ingest", "embeddings", embeddings_file(files, "dup.parquet", np.ones((3, DIM)),
                                                     ids=["a", "b", "a"]),
-            "--encoder", "other"], ["duplicate"]
+            "--encoder", "other"], ["1 duplicate ids (first: 'a' appears 2 times)"]
 
 
 def scratch_file(files, name, text):
@@ -93,32 +93,34 @@ def scratch_file(files, name, text):
 
 def case_missing_id_column(root, files, run_id):
     path = scratch_file(files, "noid.csv", f"name,{SMOOTH}\nx,0.5\n")
-    return ["ingest", "votes", path, "--split", "train"], ["id"]
+    return ["ingest", "votes", path, "--split", "train"], ["has no id column 'id_str'"]
 
 
 def case_empty_split(root, files, run_id):
     path = scratch_file(files, "empty.csv", f"id_str,split,{SMOOTH}\n")
-    return ["ingest", "votes", path], ["empty"]
+    return ["ingest", "votes", path], ["empty.csv has no rows"]
 
 
 def case_unknown_split(root, files, run_id):
     path = scratch_file(files, "split.csv", f"id_str,split,{SMOOTH}\nx,validation,0.5\n")
-    return ["ingest", "votes", path], ["split"]
+    return ["ingest", "votes", path], ["unknown split 'validation' in column 'split'"]
 
 
 def case_wrong_dtype(root, files, run_id):
     path = scratch_file(files, "dtype.csv", f"id_str,{SMOOTH}\nx,lots\ny,0.5\n")
-    return ["ingest", "votes", path, "--split", "train"], []
+    return ["ingest", "votes", path, "--split", "train"], [f"column '{SMOOTH}' is String, "
+                                                           "expected numbers"]
 
 
 def case_labels_match_nothing(root, files, run_id):
     path = scratch_file(files, "nolabels.csv", "id_str,colour,size\nx,red,3\n")
-    return ["ingest", "votes", path, "--split", "train"], ["label"]
+    return ["ingest", "votes", path, "--split", "train"], ["no Galaxy Zoo label columns"]
 
 
 def case_fraction_out_of_range(root, files, run_id):
     path = scratch_file(files, "range.csv", f"id_str,{SMOOTH}\nx,1.5\n")
-    return ["ingest", "votes", path, "--split", "train"], []
+    return ["ingest", "votes", path, "--split", "train"], [
+        "1 fraction(s) outside [0, 1], e.g. smooth-or-featured_smooth = 1.5 for x"]
 
 
 def case_all_nan_label(root, files, run_id):
@@ -134,7 +136,7 @@ def case_all_nan_label(root, files, run_id):
 
 
 def case_unknown_encoder(root, files, run_id):
-    return ["embed", "--encoder", "no-such-encoder"], ["no-such-encoder"]
+    return ["embed", "--encoder", "no-such-encoder"], ["unknown encoder 'no-such-encoder'"]
 
 
 def case_corrupt_images(root, files, run_id):
@@ -144,16 +146,17 @@ def case_corrupt_images(root, files, run_id):
 
 
 def case_unknown_model(root, files, run_id):
-    return ["analyze", "--model", "sae-nope-000000"], ["unknown model"]
+    return ["analyze", "--model", "sae-nope-000000"], ["unknown model id 'sae-nope-000000'"]
 
 
 def case_figures_unknown_model(root, files, run_id):
-    return ["figures", "--model", "pca-nope-000000"], ["nope"]
+    return ["figures", "--model", "pca-nope-000000"], [
+        "no analysis of model 'pca-nope-000000' on split 'test'"]
 
 
 def case_invalid_toml(root, files, run_id):
     path = scratch_file(files, "bad.toml", "[training\nepochs = 3\n")
-    return ["train-sae", "--encoder", "toy", "--config", path], ["toml"]
+    return ["train-sae", "--encoder", "toy", "--config", path], ["is not valid TOML"]
 
 
 def case_unknown_config_key(root, files, run_id):
@@ -162,27 +165,27 @@ def case_unknown_config_key(root, files, run_id):
 
 def case_k_too_large(root, files, run_id):
     return ["train-sae", "--encoder", "toy", "--set", "group_sizes=[8,8]",
-            "--set", "top_k=32"], ["top_k"]
+            "--set", "top_k=32"], ["top_k=32 is larger than the dictionary (16 latents)"]
 
 
 def case_missing_embeddings(root, files, run_id):
-    return ["train-sae", "--encoder", "nobody"], ["nobody"]
+    return ["train-sae", "--encoder", "nobody"], ["embeddings for encoder 'nobody' not found"]
 
 
 def case_sql_syntax(root, files, run_id):
-    return ["sql", "SELEKT 1"], ["syntax"]
+    return ["sql", "SELEKT 1"], ['syntax error at or near "SELEKT"']
 
 
 def case_sql_write(root, files, run_id):
-    return ["sql", f"COPY galaxies TO '{root}/galaxies/split=train/data.parquet'"], ["refused"]
+    return ["sql", f"COPY galaxies TO '{root}/galaxies/split=train/data.parquet'"], ["refused a COPY statement"]
 
 
 def case_sql_delete(root, files, run_id):
-    return ["sql", "DROP VIEW galaxies"], ["refused"]
+    return ["sql", "DROP VIEW galaxies"], ["refused a DROP statement"]
 
 
 def case_synth_zero(root, files, run_id):
-    return ["synth", "--n", "0"], ["at least"]
+    return ["synth", "--n", "0"], ["--n must be at least 1, got 0"]
 
 
 CASES = [value for name, value in sorted(globals().items()) if name.startswith("case_")]
@@ -199,16 +202,10 @@ def test_bad_input_leaves_the_lake_unchanged(built, case):
                                              "image": [b"not a png", b"\x89PNG\r\n\x1a\n broken"]}),
                          partition={"split": "train"})
     args, words = case(root, files, run_id)
-    lake_args = [] if args[0] == "--lake" else ["--lake", str(root)]
-    target = args[1] if args[0] == "--lake" else root
-    before = lake_hash(target)
-    result = cli(*lake_args, *[str(a) for a in args])
-    assert_one_line_error(result, *words)
-    assert lake_hash(target) == before, f"{case.__name__} changed the lake"
-
-
-def test_the_matrix_is_large_enough():
-    assert len(CASES) >= 15
+    if args[0] == "--lake":  # the case names its own lake
+        assert_refused(args[1], args, *words, lake=False)
+    else:
+        assert_refused(root, args, *words)
 
 
 def test_newer_schema_version_is_refused_by_every_writer(built, tmp_path):
@@ -221,8 +218,6 @@ def test_newer_schema_version_is_refused_by_every_writer(built, tmp_path):
     info = json.loads(sidecar.read_text())
     info["schema_version"] = 2
     sidecar.write_text(json.dumps(info))
-    before = lake_hash(copy)
     for args in (["train-sae", "--encoder", "toy"], ["pca", "--encoder", "toy"],
                  ["sql", "SELECT 1"], ["tables"]):
-        assert_one_line_error(cli(*args, lake=copy), "schema version 2")
-    assert lake_hash(copy) == before
+        assert_refused(copy, args, "schema version 2")

@@ -16,7 +16,7 @@ from galsae_lake import __version__
 from galsae_lake.errors import LakeError
 from galsae_lake.lake import (DATA_FILE, SCHEMA_VERSION, Lake, query, resolve_root, sql_dir,
                               vector_array, vectors)
-from lakeutil import lake_hash
+from galsae_lake.testing import lake_unchanged
 
 
 def galaxies(ids, split):
@@ -121,20 +121,18 @@ def test_rewrite_replaces_exactly_the_written_partitions(tmp_path):
         assert sorted(lake.read("galaxies", split="train")["id_str"]) == ["x", "y", "z"]
     assert (test_file.read_bytes(), test_file.stat().st_mtime_ns) == before
     assert lake.read("galaxies")["id_str"].sort().to_list() == ["c", "x", "y", "z"]
-    assert lake.info("galaxies")["rows"] == 4
+    assert lake.info("galaxies").rows == 4
 
 
 def test_failure_inside_a_transaction_changes_nothing(tmp_path):
     lake = Lake(tmp_path / "lake")
     with lake.transaction("synth") as tx:
         tx.write("galaxies", galaxies(["a"], "train"))
-    before = lake_hash(lake.root)
-    with pytest.raises(RuntimeError):
+    with lake_unchanged(lake.root), pytest.raises(RuntimeError):
         with lake.transaction("synth") as tx:
             tx.write("galaxies", galaxies(["b"], "train"))
             tx.write("galaxies", galaxies(["c"], "test"))
             raise RuntimeError("crash between writes")
-    assert lake_hash(lake.root) == before
     assert lake.read("galaxies")["id_str"].to_list() == ["a"]
 
 
@@ -259,7 +257,7 @@ def test_recovery_rolls_a_dead_commit_forward(tmp_path, monkeypatch):
                                            "split": ["test"]}))
     assert sorted(lake.read("galaxies")["id_str"].to_list()) == ["new", "t"]
     assert not (lake.root / "_staging").exists()
-    assert lake.info("galaxies")["rows"] == 2
+    assert lake.info("galaxies").rows == 2
 
 
 def test_sql_folder_ships_with_the_package():
@@ -275,12 +273,10 @@ def test_remove_drops_partitions_with_the_writes_of_one_commit(tmp_path):
         tx.write("galaxies", pl.concat([galaxies(["a", "b"], "train"), galaxies(["c"], "test")]))
         tx.write("truth", pl.DataFrame({"id_str": ["c"], "factor": ["f"], "value": [1.0],
                                         "split": ["test"]}))
-    before = lake_hash(lake.root)
-    with pytest.raises(RuntimeError):  # a failure removes nothing
+    with lake_unchanged(lake.root), pytest.raises(RuntimeError):  # a failure removes nothing
         with lake.transaction("drop") as tx:
             tx.remove("galaxies", {"split": "test"})
             raise RuntimeError("crash before commit")
-    assert lake_hash(lake.root) == before
     with pytest.raises(LakeError, match="partitioned by"):
         with lake.transaction("drop") as tx:
             tx.remove("galaxies", {"encoder": "x"})
@@ -292,9 +288,9 @@ def test_remove_drops_partitions_with_the_writes_of_one_commit(tmp_path):
     assert lake.read("galaxies")["id_str"].to_list() == ["z"]
     assert not (lake.root / "galaxies" / "split=test").exists()
     info = lake.info("galaxies")
-    assert list(info["partitions"]) == ["split=train"] and info["rows"] == 1
-    assert lake.partition_info("galaxies", split="train")["rows"] == 1
-    assert lake.partition_info("galaxies", split="test") == {}
+    assert list(info.partitions) == ["split=train"] and info.rows == 1
+    assert lake.partition_info("galaxies", split="train").rows == 1
+    assert lake.partition_info("galaxies", split="test") is None
     with pytest.raises(LakeError, match="partitioned by"):
         lake.partition_info("galaxies", encoder="x")
     # the last partition of a table gone: the table (folder and sidecar) goes too
@@ -327,6 +323,27 @@ def test_recovery_finishes_a_dead_commit_that_removes(tmp_path, monkeypatch):
     with lake.transaction("other") as other:  # the next writer rolls it forward
         other.write("galaxies", galaxies(["b"], "train"))
     assert lake.read("galaxies")["id_str"].to_list() == ["b"]
-    assert list(lake.info("galaxies")["partitions"]) == ["split=train"]
+    assert list(lake.info("galaxies").partitions) == ["split=train"]
     assert not (lake.root / "galaxies" / "split=test").exists()
     assert not (lake.root / "_staging").exists()
+
+
+def test_sidecar_round_trips_through_its_typed_class(tmp_path):
+    """_table.json is read and written by TableProperties without losing or changing a key."""
+    from galsae_lake.properties import PartitionProperties, TableProperties
+
+    lake = Lake(tmp_path / "lake")
+    with lake.transaction("synth", {"n": 2}, upstream=["x"]) as tx:
+        tx.write("galaxies", galaxies(["a"], "train"), info={"skipped_corrupt": 3, "weights": "w"})
+        tx.write("galaxies", galaxies(["b"], "test"))
+    raw = json.loads((lake.root / "galaxies" / "_table.json").read_text())
+    assert TableProperties.from_json(raw).to_json() == raw
+    train = lake.partition_info("galaxies", split="train")
+    assert isinstance(train, PartitionProperties)
+    assert (train.rows, train.command, train.parameters, train.upstream) == (1, "synth", {"n": 2},
+                                                                             ["x"])
+    assert train.skipped_corrupt == 3 and train.recorded == {"weights": "w"}
+    assert train.merged_shards is None and "merged_shards" not in raw["partitions"]["split=train"]
+    assert train.matches({"weights": "w", "rows": 1}) and not train.matches({"weights": "v"})
+    assert raw["partitions"]["split=train"]["written_at"] == train.written_at
+    assert lake.info("galaxies").updated_at == train.written_at

@@ -13,6 +13,7 @@ import time
 
 import polars as pl
 import pyarrow.parquet as pq
+import pytest
 
 from galsae_lake.lake import Lake
 
@@ -64,6 +65,7 @@ def snapshot(root):
     return {t: lake.read(t).sort(lake.read(t).columns) for t in ("galaxies", "truth")}
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_never_tears_a_partition(tmp_path):
     reference = tmp_path / "reference"
     started = time.monotonic()
@@ -90,9 +92,10 @@ def test_sigkill_at_random_moments_never_tears_a_partition(tmp_path):
     for table in expected:
         assert got[table].equals(expected[table]), table
     assert not (root / "_staging").exists()
-    assert Lake(root).info("galaxies")["rows"] == 3 * ROWS
+    assert Lake(root).info("galaxies").rows == 3 * ROWS
 
 
+@pytest.mark.slow
 def test_two_writers_and_a_reader(tmp_path):
     root = tmp_path / "lake"
     first = start_writer(root, "a", 4)
@@ -110,13 +113,14 @@ def test_two_writers_and_a_reader(tmp_path):
     final = check_consistent(root)
     assert len(final) == 1 and final <= {"a-3", "b-3"}
     lake = Lake(root)
-    assert lake.info("galaxies")["rows"] == 3 * ROWS
+    assert lake.info("galaxies").rows == 3 * ROWS
     # each commit is whole: one transaction's marker in every partition of both tables
     markers = {pl.read_parquet(f)["source"][0] for f in lake.files("galaxies")}
     markers |= {pl.read_parquet(f)["factor"][0] for f in lake.files("truth")}
     assert len(markers) == 1
 
 
+@pytest.mark.slow
 def test_a_writer_that_cannot_get_the_lock_says_who_holds_it(tmp_path):
     root = tmp_path / "lake"
     holder = subprocess.Popen(
@@ -164,6 +168,7 @@ def tables_of(root):
             for t in ("galaxies", "images", "votes", "truth")}
 
 
+@pytest.mark.slow
 def test_sigkill_of_a_real_command(tmp_path):
     """`galsae-lake synth` killed at random moments: readable after each kill, then a re-run
     gives the same tables as an uninterrupted run."""
