@@ -50,8 +50,10 @@ def example(text: str) -> str:
     return "\b\nExample:\n  " + text
 
 
-def write_frame(frame: pl.DataFrame, fmt: str, output: str | None, lake: Lake | None = None) -> None:
-    """Print or save a result as table, csv, json (array of objects) or parquet."""
+def write_frame(frame: pl.DataFrame, fmt: str, output: str | None, lake: Lake | None = None,
+                text_width: int = 80) -> None:
+    """Print or save a result as table, csv, json (array of objects) or parquet (``text_width``:
+    the longest string shown whole in a table)."""
     if output is not None and lake is not None:
         target = Path(output).expanduser().absolute()
         if target == lake.root or lake.root in target.parents:
@@ -59,7 +61,8 @@ def write_frame(frame: pl.DataFrame, fmt: str, output: str | None, lake: Lake | 
     if fmt == "parquet" and output is None:
         raise click.UsageError("--format parquet needs --output FILE")
     if fmt == "table":
-        with pl.Config(tbl_rows=200, tbl_cols=-1, fmt_str_lengths=80, tbl_width_chars=200,
+        with pl.Config(tbl_rows=200, tbl_cols=-1, fmt_str_lengths=text_width,
+                       tbl_width_chars=max(200, text_width + 120),
                        tbl_hide_dataframe_shape=False):
             text = str(frame)
     elif fmt == "csv":
@@ -104,8 +107,9 @@ def tables(ctx: click.Context, fmt: str, output: str | None) -> None:
                                        "updated_at": pl.String, "written_by": pl.String})
     if fmt == "table":
         frame = frame.with_columns(pl.col("bytes").map_elements(_human, return_dtype=pl.String)
-                                   .alias("size")).drop("bytes")
-    write_frame(frame, fmt, output, lake)
+                                   .alias("size")).select(
+            "table", "rows", "partitions", "size", "updated_at", "written_by")
+    write_frame(frame, fmt, output, lake, text_width=frame["written_by"].str.len_chars().max())
 
 
 def _human(size: int) -> str:
@@ -371,15 +375,17 @@ def demo(ctx: click.Context, n: int, seed: int, formats: tuple[str, ...], quiet:
               show_default=True, help="bf16 autocast on GPUs and bf16-capable CPUs with auto.")
 @click.option("--as", "tag", default=None, help="Store under this encoder name [default: --encoder].")
 @click.option("--force", is_flag=True, help="Recompute splits already embedded with these weights.")
+@quiet_option
 @click.pass_context
-def embed(ctx, encoder, weights, splits, batch_size, device, shard, workers, precision, tag, force):
+def embed(ctx, encoder, weights, splits, batch_size, device, shard, workers, precision, tag, force,
+          quiet):
     """Embed the images table into the embeddings table (one partition per encoder and split)."""
     from galsae_lake.encoders import embed as run_embed
 
     summary = run_embed(lake_of(ctx), encoder, weights=weights,
                         splits=list(splits) if splits else None, batch_size=batch_size,
                         device=device, shard=shard, workers=workers, precision=precision,
-                        force=force, tag=tag, log=echo_err)
+                        force=force, tag=tag, progress=not quiet, log=echo_err)
     click.echo(f"embeddings encoder={summary['encoder']}")
 
 

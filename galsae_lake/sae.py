@@ -386,7 +386,7 @@ class MatryoshkaSAE(nn.Module):
             return
         W, grad = self.W_dec.data, self.W_dec.grad
         W.div_(torch.linalg.vector_norm(W, dim=-1, keepdim=True))
-        parallel = torch.linalg.vecdot(grad, W).unsqueeze(1)  # row-wise dot products (4x bmm's speed)
+        parallel = torch.linalg.vecdot(grad, W).unsqueeze(1)  # row-wise dot products (faster than bmm)
         grad.addcmul_(parallel, W, value=-1)
 
     # ------------------------------------------------------------ checkpoint

@@ -143,3 +143,50 @@ def test_training_and_embedding_code_imports_without_duckdb():
             "print('duckdb' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def _commands(group=None, prefix=()):
+    import click
+
+    from galsae_lake.cli import main
+
+    group = group or main
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            yield from _commands(command, (*prefix, name))
+        else:
+            yield (*prefix, name), command
+
+
+def test_comma_lists_parse_one_way():
+    import click
+
+    from galsae_lake.cli_options import CommaList
+
+    assert CommaList().convert(" train, test,,train ", None, None) == ("train", "test")
+    assert CommaList(("html", "png")).convert("PNG,html", None, None) == ("png", "html")
+    for bad, kind in ((" , ", CommaList()), ("html,pdf", CommaList(("html", "png")))):
+        with pytest.raises(click.BadParameter):
+            kind.convert(bad, None, None)
+
+
+def test_shared_options_mean_one_thing_on_every_command():
+    """--format is always a result's output format; --splits always a comma list; --quiet a flag."""
+    from galsae_lake.cli_options import OUTPUT_FORMATS, CommaList
+
+    seen = set()
+    for name, command in _commands():
+        for param in command.params:
+            flags = set(param.opts)
+            if "--format" in flags and not param.hidden:
+                assert tuple(param.type.choices) == OUTPUT_FORMATS, name
+                seen.add("format")
+            if "--splits" in flags:
+                assert isinstance(param.type, CommaList), name
+                seen.add("splits")
+            if "--quiet" in flags:
+                assert param.is_flag, name
+                seen.add("quiet")
+    assert seen == {"format", "splits", "quiet"}
+    quiet = {" ".join(n) for n, c in _commands() if any("--quiet" in p.opts for p in c.params)}
+    assert {"synth", "ingest hf", "embed", "train-sae", "demo"} <= quiet
