@@ -398,7 +398,7 @@ def embed(ctx, encoder, weights, splits, batch_size, device, shard, workers, pre
 @click.option("--id-column", default="id_str", show_default=True)
 @click.option("--split-column", default="split", show_default=True,
               help="Used when the file has it; else --split, else the galaxies catalogue.")
-@click.option("--split", default=None, help="The split of every row.")
+@split_option(None, help="The split of every row.")
 @click.option("--ids", type=click.Path(dir_okay=False), default=None,
               help="For a .npy matrix: the .npy of ids [default: the name with embeddings->ids].")
 @click.pass_context

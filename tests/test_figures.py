@@ -7,6 +7,7 @@ test-split size).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -406,69 +407,66 @@ def _need_chromium() -> str:
     return chromium
 
 
-def test_browser_in_headless_chromium(made, tmp_path):
-    """Open browser.html from disk in Chromium, click a feature, see its gallery and correlations."""
+@contextlib.contextmanager
+def _offline_page(path, **page_options):
+    """``path`` opened in headless Chromium; after the block, no JavaScript error and no request
+    that left the file (file:, data:, about: only)."""
     chromium = _need_chromium()
     sync_api = pytest.importorskip("playwright.sync_api",
                                    reason="playwright is not installed (pip install playwright)")
-    out, _ = made
-    page_path = out / "browser.html"
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=[
             "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
             "--disable-component-update", "--disable-sync", "--no-first-run"])
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page = browser.new_page(**page_options)
             errors, requests = [], []
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.on("request", lambda r: requests.append(r.url))
-            page.goto(page_path.as_uri())
-            rows = page.locator("tr.feature-row")
-            assert rows.count() == 96
-            # sort by max |rho| (descending) and filter by text: the table answers
-            page.click("th[data-key=rho]")
-            first = page.locator("tr.feature-row").first.get_attribute("data-feature")
-            assert first is not None
-            page.click("th[data-key=rank]")
-            page.locator("tr.feature-row").first.click()
-            page.wait_for_selector("#gallery img")
-            assert page.locator("#gallery img").count() == 12
-            assert page.locator("#corr .corr-row").count() == len(LABEL_NAMES)
-            assert page.locator("#detail h2").inner_text().startswith("SAE feature")
-            top_label = page.locator("#corr .corr-row .name").first.inner_text()
-            assert top_label in LABEL_NAMES
-            page.fill("#f-label", "zzz-no-such-label")
-            assert page.locator("tr.feature-row").count() == 0
-            page.fill("#f-label", "")
-            page.screenshot(path=str(tmp_path / "browser.png"), full_page=False)
+            page.goto(path.as_uri())
+            yield page
             assert not errors, errors
             assert all(u.startswith(("file:", "data:", "about:")) for u in requests), requests
         finally:
             browser.close()
+
+
+def test_browser_in_headless_chromium(made, tmp_path):
+    """Open browser.html from disk in Chromium, click a feature, see its gallery and correlations."""
+    out, _ = made
+    with _offline_page(out / "browser.html", viewport={"width": 1400, "height": 900}) as page:
+        rows = page.locator("tr.feature-row")
+        assert rows.count() == 96
+        # sort by max |rho| (descending) and filter by text: the table answers
+        page.click("th[data-key=rho]")
+        first = page.locator("tr.feature-row").first.get_attribute("data-feature")
+        assert first is not None
+        page.click("th[data-key=rank]")
+        page.locator("tr.feature-row").first.click()
+        page.wait_for_selector("#gallery img")
+        assert page.locator("#gallery img").count() == 12
+        assert page.locator("#corr .corr-row").count() == len(LABEL_NAMES)
+        # the labels of the question the analysis left out are marked, and only those
+        marked = page.locator("#corr .corr-row.secondary-excluded .name").all_inner_texts()
+        assert sorted(marked) == sorted(label for label in LABEL_NAMES
+                                        if label.startswith("smooth-or-featured_"))
+        assert "smooth-or-featured left out" in page.locator("#detail .stats").inner_text()
+        assert page.locator("#detail h2").inner_text().startswith("SAE feature")
+        top_label = page.locator("#corr .corr-row .name").first.inner_text()
+        assert top_label in LABEL_NAMES
+        page.fill("#f-label", "zzz-no-such-label")
+        assert page.locator("tr.feature-row").count() == 0
+        page.fill("#f-label", "")
+        page.screenshot(path=str(tmp_path / "browser.png"), full_page=False)
     assert (tmp_path / "browser.png").stat().st_size > 10_000
 
 
 def test_report_renders_offline_in_headless_chromium(made):
     """figures.html draws every chart from the inlined Vega bundle, with no network request."""
-    chromium = _need_chromium()
-    sync_api = pytest.importorskip("playwright.sync_api",
-                                   reason="playwright is not installed (pip install playwright)")
     out, _ = made
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run"])
-        try:
-            page = browser.new_page()
-            errors, requests = [], []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.on("request", lambda r: requests.append(r.url))
-            page.goto((out / "figures.html").as_uri())
-            charts = page.locator("div.chart").count()
-            page.wait_for_function(
-                f"document.querySelectorAll('div.chart svg.marks').length === {charts}",
-                timeout=30_000)
-            assert charts >= 10 and not errors, errors
-            assert all(u.startswith(("file:", "data:", "about:")) for u in requests), requests
-        finally:
-            browser.close()
+    with _offline_page(out / "figures.html") as page:
+        charts = page.locator("div.chart").count()
+        page.wait_for_function(
+            f"document.querySelectorAll('div.chart svg.marks').length === {charts}",
+            timeout=30_000)
+        assert charts >= 10
