@@ -308,25 +308,39 @@ def pca(ctx: click.Context, encoder: str, n_components: int, fit_split: str) -> 
               help="Analyze without labels that have no votes on the split (rho 0, n 0).")
 @click.option("--with-pca", is_flag=True,
               help="For an SAE: also analyze the newest PCA of its encoder and print the comparison.")
+@click.option("--engine", type=click.Choice(["duckdb", "numpy"]), default="duckdb",
+              show_default=True,
+              help="duckdb: Spearman and novelty as the SQL in sql/ (spills to disk past "
+                   "--memory-limit); numpy: the same numbers in memory.")
+@click.option("--memory-limit", default="4GB", show_default=True,
+              help="DuckDB's memory limit; past it, joins and sorts spill to --temp-directory.")
+@click.option("--temp-directory", type=click.Path(file_okay=False), default=None,
+              help="Where DuckDB spills (a fresh folder inside it, removed after) "
+                   "[default: the system's temporary folder].")
 @click.pass_context
 def analyze(ctx: click.Context, model_id: str, split: str, catalog: str, exclude_question: str,
             permutations: int, seed: int, reference_variant: bool, skip_empty_labels: bool,
-            with_pca: bool) -> None:
+            with_pca: bool, engine: str, memory_limit: str, temp_directory: str | None) -> None:
     """Spearman of every feature with every label, novelty and a permutation null.
 
-    Writes feature_label_corr, feature_summary and label_null for (MODEL, SPLIT).
+    Writes feature_label_corr, feature_summary and label_null for (MODEL, SPLIT). Prints
+    DuckDB's threads, memory limit and spill folder on stderr.
     """
     from galsae_lake import analysis
 
     lake = lake_of(ctx)
     options = dict(split=split, catalog=catalog, exclude_question=exclude_question,
                    permutations=permutations, seed=seed, reference_variant=reference_variant,
-                   skip_empty_labels=skip_empty_labels)
+                   skip_empty_labels=skip_empty_labels, engine=engine,
+                   memory_limit=memory_limit, temp_directory=temp_directory)
     if with_pca:
         results, comparison = analysis.analyze_with_pca(lake, model_id, **options)
     else:
         results, comparison = [analysis.analyze(lake, model_id, **options)], None
     for r in results:
+        duck = r["duckdb"]
+        echo_err(f"{r['model_id']}: engine {r['engine']}; duckdb {duck['threads']} threads, "
+                 f"memory_limit {duck['memory_limit']}, spilling to {duck['temp_directory']}")
         null = "" if r["null_q95_median"] is None else f", null q95 {r['null_q95_median']:.3f}"
         click.echo(f"{r['model_id']} {split}: {r['features']} features x {r['labels']} labels on "
                    f"{r['rows']} galaxies; max |rho| {r['max_abs_spearman']:.3f}{null}, "

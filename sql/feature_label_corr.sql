@@ -1,75 +1,102 @@
--- feature_label_corr: Spearman rho of every feature with every label, entirely in SQL
--- (the reference engine: `analyze(..., engine="sql")`; the default engine computes the same
--- numbers with numpy, see galsae_lake/analysis.py).
+-- feature_label_corr: Spearman rho of every feature with every label, as scipy.stats.spearmanr
+-- (Pearson correlation of average ranks, ties sharing their mean rank) over the rows that keep
+-- the label; 0 where either side is constant or n <= $min_rows. Run statement by statement by
+-- galsae_lake.duckdb_engine.spearman (the default engine of `galsae-lake analyze`).
 -- Inputs:
---   codes(method, feature, "row", value)  non-zero codes only: a missing (feature, row) is a 0
---   labels(label, "row", value)           non-NULL label values (NULL rows dropped per label)
---   features(method, feature)             every feature, including those that never fire
--- rho as scipy.stats.spearmanr: Pearson correlation of average ranks (ties share their mean
--- rank) over the rows that keep the label; 0 where either side is constant or n <= $min_rows.
--- The zeros of a sparse code are one tie group; its average rank comes from counts, so the sums
--- only run over non-zero rows: sum(r_f * c_l) = sum_nonzero((r_f - zero_rank) * c_l), as the
--- centred label ranks c_l sum to 0.
-WITH label_sets AS (   -- labels that keep exactly the same rows share a row set
+--   codes(feature, "row", value)  non-zero codes of the analysis rows: a missing (feature, row) is 0
+--   labels(label, "row", value)   non-NULL label values (NULL rows dropped per label)
+-- How it stays small: labels that keep the same rows form a row set (one per Galaxy Zoo
+-- question); each label is ranked once, and a set's label ranks sit side by side in one row per
+-- galaxy (label_slots), so the codes are joined once per set, never once per label. The zeros
+-- of a sparse code are one tie group whose average rank is known from counts, so every sum runs
+-- over the non-zero codes only: sum(r_f * c_l) = sum_nonzero((r_f - zero_rank) * c_l), since
+-- the centred label ranks c_l sum to 0 over the set.
+
+-- label_sets: each label's row set (numbered in order of its first label) and slot within it
+CREATE OR REPLACE TEMP TABLE label_sets AS
+WITH kept AS (
     SELECT label, list("row" ORDER BY "row") AS kept, count(*) AS n FROM labels GROUP BY label
 ),
-sets AS (
-    SELECT kept, any_value(n) AS n, row_number() OVER () AS set_id FROM label_sets GROUP BY kept
+sets AS (SELECT kept, any_value(n) AS n, min(label) AS first_label FROM kept GROUP BY kept)
+SELECT k.label, (dense_rank() OVER (ORDER BY s.first_label) - 1)::INTEGER AS set_id,
+       (row_number() OVER (PARTITION BY s.first_label ORDER BY k.label) - 1)::INTEGER AS slot,
+       s.n
+FROM kept AS k JOIN sets AS s USING (kept);
+
+-- label_ranks: average ranks of each label over its rows, centred on the mean rank (n + 1) / 2
+CREATE OR REPLACE TEMP TABLE label_ranks AS
+SELECT l.label, s.set_id, s.slot, l."row",
+       (rank() OVER w + count(*) OVER w) / 2.0 - (s.n + 1) / 2.0 AS c
+FROM labels AS l JOIN label_sets AS s USING (label)
+WINDOW w AS (PARTITION BY l.label ORDER BY l.value);
+
+-- label_slots: one row per (set, galaxy), the set's label ranks as columns c0, c1, ...
+CREATE OR REPLACE TEMP TABLE label_slots AS
+PIVOT (SELECT set_id, "row", 'c' || slot AS slot, c FROM label_ranks)
+ON slot USING first(c) GROUP BY set_id, "row";
+
+-- set_rows: each set's rows
+CREATE OR REPLACE TEMP TABLE set_rows AS
+SELECT DISTINCT set_id, "row" FROM label_ranks WHERE slot = 0;
+
+-- code_sums: per set and feature, from the non-zero codes of the set's rows: their count, the
+-- sum of squared centred ranks and the cross sums with each slot's label ranks. A code's rank
+-- among the feature's non-zero codes in the set is its row_number (one sort, the cost of the
+-- whole analysis); codes of a tie group (values that repeat within a feature: rare) take their
+-- group's mean. Negatives rank below the zero block, positives above it.
+CREATE OR REPLACE TEMP TABLE code_sums AS
+WITH ranked AS (
+    SELECT s.set_id, c.feature, c."row", c.value,
+           row_number() OVER (PARTITION BY s.set_id, c.feature ORDER BY c.value) AS pos
+    FROM codes AS c JOIN set_rows AS s USING ("row")
 ),
-label_set AS (SELECT l.label, s.set_id, s.n FROM label_sets AS l JOIN sets AS s USING (kept)),
-members AS (SELECT DISTINCT ls.set_id, l."row" FROM labels AS l JOIN label_set AS ls USING (label)),
-label_ranks AS (       -- average ranks, centred on the set's mean rank (n + 1) / 2
-    SELECT l.label, ls.set_id, l."row",
-           rank() OVER (PARTITION BY l.label ORDER BY l.value)
-             + (count(*) OVER (PARTITION BY l.label, l.value) - 1) / 2.0 - (ls.n + 1) / 2.0 AS c
-    FROM labels AS l JOIN label_set AS ls USING (label)
+counts AS (
+    SELECT set_id, feature, count(*) AS nnz, count(*) FILTER (WHERE value < 0) AS neg
+    FROM ranked GROUP BY set_id, feature
 ),
-label_var AS (SELECT label, set_id, sum(c * c) AS var_l FROM label_ranks GROUP BY ALL),
-kept_codes AS (
-    SELECT m.set_id, c.method, c.feature, c."row", c.value
-    FROM codes AS c JOIN members AS m USING ("row")
+tie_ranks AS (
+    SELECT set_id, feature, value, avg(pos) AS pos
+    FROM ranked
+    SEMI JOIN (SELECT feature, value FROM codes GROUP BY feature, value HAVING count(*) > 1)
+         AS tied USING (feature, value)
+    GROUP BY set_id, feature, value
 ),
-nonzero_counts AS (
-    SELECT set_id, method, feature, count(*) AS nnz, count(*) FILTER (WHERE value < 0) AS neg
-    FROM kept_codes GROUP BY ALL
-),
-feature_sets AS (      -- every feature in every set: its zero block and that block's mean rank
-    SELECT s.set_id, s.n, f.method, f.feature,
-           s.n - coalesce(z.nnz, 0) AS zeros,
-           coalesce(z.neg, 0) + (s.n - coalesce(z.nnz, 0) + 1) / 2.0 AS zero_rank
-    FROM sets AS s CROSS JOIN features AS f
-    LEFT JOIN nonzero_counts AS z USING (set_id, method, feature)
-),
-code_ranks AS (        -- rank among all the set's values: negatives, then zeros, then positives
-    SELECT k.set_id, k.method, k.feature, k."row",
-           rank() OVER w
-             + (count(*) OVER (PARTITION BY k.set_id, k.method, k.feature, k.value) - 1) / 2.0
-             + CASE WHEN k.value > 0 THEN fs.zeros ELSE 0 END AS r,
-           fs.zero_rank
-    FROM kept_codes AS k JOIN feature_sets AS fs USING (set_id, method, feature)
-    WINDOW w AS (PARTITION BY k.set_id, k.method, k.feature ORDER BY k.value)
-),
-feature_var AS (
-    SELECT fs.set_id, fs.method, fs.feature,
-           coalesce(sum((r.r - (fs.n + 1) / 2.0) * (r.r - (fs.n + 1) / 2.0)), 0)
-             + fs.zeros * (fs.zero_rank - (fs.n + 1) / 2.0) * (fs.zero_rank - (fs.n + 1) / 2.0)
-             AS var_f
-    FROM feature_sets AS fs LEFT JOIN code_ranks AS r USING (set_id, method, feature)
-    GROUP BY fs.set_id, fs.method, fs.feature, fs.zeros, fs.zero_rank, fs.n
+centred AS (           -- rank minus the mean rank (n + 1) / 2, and minus the zero block's rank
+    SELECT r.set_id, r.feature, r."row", k.nnz, k.neg, s.n,
+           coalesce(t.pos, r.pos) + CASE WHEN r.value > 0 THEN s.n - k.nnz ELSE 0 END AS rank_all,
+           k.neg + (s.n - k.nnz + 1) / 2.0 AS zero_rank
+    FROM ranked AS r
+    JOIN counts AS k USING (set_id, feature)
+    JOIN (SELECT DISTINCT set_id, n FROM label_sets) AS s USING (set_id)
+    LEFT JOIN tie_ranks AS t USING (set_id, feature, value)
+)
+SELECT set_id, feature, any_value(n) AS n, any_value(nnz) AS nnz, any_value(neg) AS neg,
+       sum((rank_all - (n + 1) / 2.0) ** 2) AS var_nonzero,
+       sum(COLUMNS('^c\d+$') * (rank_all - zero_rank))
+FROM centred JOIN label_slots USING (set_id, "row")
+GROUP BY set_id, feature;
+
+-- the matrix: every feature with every label (features that never fire in a set: rho 0)
+WITH label_var AS (
+    SELECT s.label, s.set_id, s.slot, s.n, sum(r.c * r.c) AS var_l
+    FROM label_sets AS s JOIN label_ranks AS r USING (label)
+    GROUP BY s.label, s.set_id, s.slot, s.n
 ),
 cross_sums AS (
-    SELECT r.set_id, r.method, r.feature, l.label, sum((r.r - r.zero_rank) * l.c) AS s
-    FROM code_ranks AS r JOIN label_ranks AS l USING (set_id, "row")
-    GROUP BY ALL
+    UNPIVOT code_sums ON COLUMNS('^c\d+$') INTO NAME slot VALUE s
+),
+feature_var AS (       -- the zero block adds zeros * (its centred rank)^2
+    SELECT set_id, feature, nnz, var_nonzero
+             + (n - nnz) * (neg + (n - nnz + 1) / 2.0 - (n + 1) / 2.0) ** 2 AS var_f
+    FROM code_sums
 )
-SELECT fv.method, fv.feature, ls.label, ls.n,
-       CASE WHEN ls.n <= $min_rows OR fv.var_f = 0 OR lv.var_l = 0 THEN 0.0
-            ELSE greatest(-1.0, least(1.0, coalesce(x.s, 0) / sqrt(fv.var_f * lv.var_l)))
+SELECT f.feature, l.label, l.n,
+       CASE WHEN l.n <= $min_rows OR coalesce(v.var_f, 0) = 0 OR l.var_l = 0 THEN 0.0
+            ELSE greatest(-1.0, least(1.0, x.s / sqrt(v.var_f * l.var_l)))
        END AS spearman
-FROM label_set AS ls
-JOIN label_var AS lv USING (label, set_id)
-JOIN feature_var AS fv USING (set_id)
+FROM range($n_features) AS f(feature)
+CROSS JOIN label_var AS l
+LEFT JOIN feature_var AS v ON v.set_id = l.set_id AND v.feature = f.feature
 LEFT JOIN cross_sums AS x
-       ON x.set_id = ls.set_id AND x.method = fv.method AND x.feature = fv.feature
-      AND x.label = ls.label
-ORDER BY fv.method, fv.feature, ls.label
+       ON x.set_id = l.set_id AND x.feature = f.feature AND x.slot = 'c' || l.slot
+ORDER BY f.feature, l.label

@@ -15,8 +15,8 @@ from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LinearRegression
 from sklearn.preprocessing import StandardScaler
 
-from galsae_lake import analysis, gz, models
-from galsae_lake.analysis import Codes, label_basis, novelty, spearman, spearman_sql
+from galsae_lake import analysis, duckdb_engine, gz, models, numpy_engine
+from galsae_lake.numpy_engine import Codes, label_basis, novelty, spearman
 from galsae_lake.cli import main
 from galsae_lake.lake import Lake, vector_array
 from galsae_lake.pca import fit as fit_pca_matrix
@@ -71,6 +71,15 @@ def random_problem(seed: int, n: int = 70, F: int = 9, L: int = 7):
     return dense, labels
 
 
+def sql_numbers(codes: Codes, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rho, novelty) of numpy ``codes`` by the DuckDB engine's SQL."""
+    import duckdb
+    con = duckdb.connect()
+    analysis.use_codes(con, codes)
+    rho, _ = duckdb_engine.spearman(con, labels, codes.n_features)
+    return rho, duckdb_engine.novelty(con, label_basis(labels), codes.n_features)
+
+
 # ----------------------------------------------------------------------------- exact numbers
 
 
@@ -86,8 +95,9 @@ def test_spearman_matches_scipy_with_ties_nan_and_constants(seed):
     assert (rho[2] == 0).all() and (rho[3] == 0).all()
     assert np.abs(rho[4]).max() > 0.05  # something real was compared
     assert null.shape == (2, labels.shape[1])
-    rho_sql, _ = spearman_sql(codes, labels)
+    rho_sql, _ = sql_numbers(codes, labels)
     assert np.abs(rho_sql - expected).max() <= 1e-6
+    assert np.abs(rho_sql - rho).max() <= 1e-9  # the two engines agree
 
 
 def test_sparse_implicit_zeros_equal_explicit_zeros():
@@ -117,7 +127,7 @@ def test_novelty_matches_sklearn_with_collinear_labels():
 
 def test_label_row_sets_group_labels_that_keep_the_same_rows():
     _, labels = random_problem(0)
-    masks, set_of_label = analysis.label_row_sets(labels)
+    masks, set_of_label = numpy_engine.label_row_sets(labels)
     assert set_of_label[1] == set_of_label[2] and set_of_label[0] == set_of_label[4]
     assert len(masks) == 3
     for j, s in enumerate(set_of_label):
@@ -402,20 +412,20 @@ def test_cli_label_without_votes_is_an_error_unless_skipped(tmp_path):
     assert (corr["spearman"] == 0).all() and (corr["n"] == 0).all()
 
 
-@pytest.mark.parametrize("cache_bytes, by_row", [(analysis.SHUFFLE_CACHE_BYTES, False), (0, True)])
+@pytest.mark.parametrize("cache_bytes, by_row", [(numpy_engine.SHUFFLE_CACHE_BYTES, False), (0, True)])
 def test_feature_blocks_give_the_same_numbers(monkeypatch, cache_bytes, by_row):
     dense, labels = random_problem(4)
     codes = Codes.from_dense("sae", dense)
     reference = spearman(codes, labels, permutations=3, seed=1)
-    monkeypatch.setattr(analysis, "SHUFFLE_CACHE_BYTES", cache_bytes)  # 0: rebuilt per block
+    monkeypatch.setattr(numpy_engine, "SHUFFLE_CACHE_BYTES", cache_bytes)  # 0: rebuilt per block
     if by_row:  # every set multiplied in row order (CSC), as large sets are
-        monkeypatch.setattr(analysis, "BY_ROW_ROWS", 0)
+        monkeypatch.setattr(numpy_engine, "BY_ROW_ROWS", 0)
     whole = spearman(codes, labels, permutations=3, seed=1)
     assert np.abs(whole[0] - seed_spearman(dense, labels)).max() <= 1e-6
     assert np.abs(whole[0] - reference[0]).max() <= 1e-12
     assert np.abs(whole[2] - reference[2]).max() <= 1e-6  # null: float32 sums, any order
     split = spearman(codes, labels, permutations=3, seed=1, block_entries=7, threads=2)
-    assert len(analysis.feature_blocks(codes, 7)) > 3
+    assert len(numpy_engine.feature_blocks(codes, 7)) > 3
     for a, b in zip(whole, split):
         assert np.abs(a - b).max() <= 1e-12
     basis = label_basis(labels)
@@ -448,19 +458,20 @@ def test_sort_codes_orders_by_feature_then_value():
     value = (rng.normal(size=m) * rng.integers(0, 3, m)).astype(np.float32)
     value[value == 0] = np.float32(-1e-30)
     value[:7] = [np.inf, -np.inf, 1e-38, -1e-38, 3.5, -3.5, 3.5]
-    f, r, v = analysis.sort_codes(feature, row, value, 300)
+    f, r, v = numpy_engine.sort_codes(feature, row, value, 300)
     order = np.lexsort((value, feature))
     assert np.array_equal(f, feature[order]) and np.array_equal(v, value[order])
     # rows travel with their entries (ties in value may come in any order)
     assert sorted(zip(f, v, r)) == sorted(zip(feature, value, row))
     # the argsort fallback when the key does not fit in 64 bits
-    f2, r2, v2 = analysis.sort_codes(feature, row, value, 2**40)
+    f2, r2, v2 = numpy_engine.sort_codes(feature, row, value, 2**40)
     assert np.array_equal(f2, f) and np.array_equal(v2, v)
 
 
-def test_pyarrow_readers_equal_the_sql_readers(tmp_path):
-    """Codes and labels read with pyarrow (default) equal sql/analysis_codes.sql and
-    sql/label_values.sql: stray ids, unknown labels, NULL/NaN/zero codes, out-of-range features."""
+def test_readers_keep_the_split_s_galaxies_and_drop_empty_codes(tmp_path):
+    """sql/label_values.sql and sql/analysis_codes.sql: stray ids and unknown labels ignored;
+    NULL, NaN and zero codes and out-of-range features dropped; galaxies without votes count
+    for frequency only."""
     import duckdb
     lake = build_lake(tmp_path / "lake", n_train=20, n_test=30)
     ids = [f"test-{i:04d}" for i in range(30)]
@@ -470,36 +481,133 @@ def test_pyarrow_readers_equal_the_sql_readers(tmp_path):
                       "label": ["smooth-or-featured_smooth", "no-such-label"],
                       "count": pa.array([1, 1], pa.int32()), "total": pa.array([2, 2], pa.int32()),
                       "fraction": [0.5, 0.5]})
-    codes = pa.table({"id_str": ["elsewhere", ids[1], ids[2], ids[3], ids[4], ids[27], ids[8]],
-                      "feature": pa.array([0, 1, 2, 12, 3, 4, 3], pa.int32()),
-                      "activation": pa.array([1.0, 0.0, None, 2.0, float("nan"), 3.0, 0.5],
-                                             pa.float32())})
+    ids_all, dense = dense_codes(lake, "test", 12)
+    free = int(np.flatnonzero(dense[8] == 0)[0])  # a feature that galaxy 8 does not have
+    assert ids_all == ids and dense[27, 4] == 0
+    edge = pa.table({"id_str": ["elsewhere", ids[1], ids[2], ids[3], ids[4], ids[27], ids[8]],
+                     "feature": pa.array([0, 1, 2, 12, 3, 4, free], pa.int32()),
+                     "activation": pa.array([1.0, 0.0, None, 2.0, float("nan"), 3.0, 0.5],
+                                            pa.float32())})
+    dense[27, 4], dense[8, free] = 3.0, 0.5  # what the edge rows add; the rest is dropped
     with lake.transaction("edge", {}) as tx:
         tx.write("votes", pa.concat_tables([votes, stray.cast(votes.schema)]),
                  partition={"catalog": "volunteers", "split": "test"})
         tx.write("sae_activations", pa.concat_tables([
             lake.arrow("sae_activations", columns=["id_str", "feature", "activation"],
-                       run_id=RUN_ID, split="test"), codes]),
+                       run_id=RUN_ID, split="test"), edge]),
                  partition={"run_id": RUN_ID, "split": "test"})
     model = models.resolve_model(lake, RUN_ID)
     split_ids = analysis.split_ids(lake, ENCODER, "test")
     con = duckdb.connect()
     got = analysis.label_matrix(lake, split_ids, "test", "volunteers", con)
-    want = analysis.label_matrix(lake, split_ids, "test", "volunteers", con, engine="sql")
-    np.testing.assert_array_equal(got, want)
+    expected_labels = np.full((30, len(gz.LABEL_NAMES)), np.nan)
+    col = {name: j for j, name in enumerate(gz.LABEL_NAMES)}
+    for g, label, frac in zip(*(votes.column(c).to_pylist() for c in ("id_str", "label", "fraction"))):
+        if frac is not None:
+            expected_labels[ids.index(g), col[label]] = frac
+    np.testing.assert_array_equal(got, expected_labels)
+    assert np.isnan(got[25:]).all()
     voted = ~np.isnan(got).all(axis=1)
     assert voted.sum() == 25
     rows = np.full(len(split_ids), -1, np.int64)
     rows[voted] = np.arange(int(voted.sum()))
-    a = analysis.read_codes(lake, model, "test", rows, split_ids, con)
-    b = analysis.read_codes(lake, model, "test", rows, split_ids, con, engine="sql")
-    for name in ("feature", "row", "value", "frequency"):
-        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
-    assert a.row.max() < 25 and a.feature.max() < 12 and (a.value != 0).all()
+    frequency = analysis.load_codes(lake, model, "test", rows, split_ids, con)
+    codes = analysis.fetch_codes(con, "sae", 12, frequency, 25)
+    np.testing.assert_array_equal(frequency, (dense != 0).mean(axis=0))
+    expected = Codes.from_dense("sae", dense[:25])
+    for name in ("feature", "row", "value"):
+        np.testing.assert_array_equal(getattr(codes, name), getattr(expected, name))
+    assert codes.row.max() < 25 and codes.feature.max() < 12 and (codes.value != 0).all()
 
 
 def test_average_ranks_equal_rankdata():
     rng = np.random.default_rng(3)
     X = np.column_stack([rng.integers(0, 11, 500) / 10.0, rng.normal(size=500),
                          np.full(500, 0.5), rng.integers(0, 2, 500) * 1.0])
-    np.testing.assert_array_equal(analysis.average_ranks(X), scipy.stats.rankdata(X, axis=0))
+    np.testing.assert_array_equal(numpy_engine.average_ranks(X), scipy.stats.rankdata(X, axis=0))
+
+
+# ----------------------------------------------------------------------------- real-shaped labels
+
+
+def real_shaped_labels(rng, n: int) -> np.ndarray:
+    """[n x 46] float32 vote fractions as catalogues store them: counts over each galaxy's own
+    number of volunteers, the answers of a question summing to one (up to float32 rounding),
+    NaN where the decision tree did not ask the question."""
+    out = np.full((n, len(gz.LABEL_NAMES)), np.nan, np.float32)
+    column = {name: j for j, name in enumerate(gz.LABEL_NAMES)}
+    volunteers = rng.integers(3, 40, n)
+    for question, answers in gz.QUESTIONS.items():
+        parent = gz.DEPENDENCIES[question]
+        asked = np.ones(n, bool) if parent is None else np.nan_to_num(out[:, column[parent]]) >= 0.3
+        rows = np.flatnonzero(asked)
+        counts = np.array([rng.multinomial(t, p) for t, p in
+                           zip(volunteers[rows], rng.dirichlet(np.ones(len(answers)), len(rows)))])
+        cols = [column[f"{question}_{a}"] for a in answers]
+        out[np.ix_(rows, cols)] = (counts / counts.sum(axis=1, keepdims=True)).astype(np.float32)
+    return out
+
+
+def test_novelty_matches_sklearn_on_float32_vote_fractions():
+    """Answers that sum to one in float32 leave a direction of pure rounding noise; a basis that
+    kept it fitted the noise (novelty off by ~0.03). Both engines agree with scikit-learn's
+    LinearRegression on the float32 labels, median-imputed as the seed does."""
+    rng = np.random.default_rng(11)
+    labels32 = real_shaped_labels(rng, 3000)
+    labels = labels32.astype(np.float64)
+    X = np.nan_to_num(labels, nan=0.0)
+    dense = np.column_stack([  # sparse non-linear functions of the labels, one with a constant
+        np.where(X[:, 0] > 0.5, np.exp(X[:, 0]) + 0.1 * rng.normal(size=len(X)), 0.0),
+        np.maximum(0, np.sin(7 * X[:, 1]) * X[:, 5] + 0.05 * rng.normal(size=len(X))),
+        np.where(rng.random(len(X)) < 0.2, (X[:, 14] - X[:, 15]) ** 2, 0.0),
+        np.full(len(X), 0.0),
+    ]).astype(np.float32)
+    imputed = SimpleImputer(strategy="median").fit_transform(labels32)
+    assert imputed.dtype == np.float32
+    expected = np.array([1 - max(0.0, LinearRegression().fit(imputed, y).score(imputed, y))
+                         if np.std(y) >= 1e-10 else 1.0 for y in dense.T])
+    codes = Codes.from_dense("sae", dense)
+    basis = label_basis(labels)
+    got = novelty(codes, basis)
+    assert np.abs(got - expected).max() <= 1e-6
+    assert np.abs(sql_numbers(codes, labels)[1] - got).max() <= 1e-9
+    # the float64 tolerance keeps the noise directions and is measurably off
+    noisy = label_basis(labels, rcond=np.finfo(float).eps * max(labels.shape))
+    assert noisy.shape[1] > basis.shape[1]
+    assert np.abs(novelty(codes, noisy) - expected).max() > 1e-4
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_engines_agree_on_real_shaped_labels(seed):
+    """duckdb and numpy engines: the same rho and novelty (1e-9), and rho equal to scipy's."""
+    rng = np.random.default_rng(seed)
+    labels = real_shaped_labels(rng, 400).astype(np.float64)
+    dense = np.where(rng.random((400, 6)) < 0.3, rng.exponential(size=(400, 6)), 0.0)
+    dense[:, 5] = np.round(dense[:, 5], 1)  # ties among the non-zero codes
+    dense[:, 4] = rng.normal(size=400)      # dense, negatives
+    codes = Codes.from_dense("sae", dense.astype(np.float32))
+    rho, novelty_sql = sql_numbers(codes, labels)
+    rho_np = spearman(codes, labels)[0]
+    assert np.abs(rho - rho_np).max() <= 1e-9
+    assert np.abs(novelty_sql - novelty(codes, label_basis(labels))).max() <= 1e-9
+    assert np.abs(rho - seed_spearman(dense.astype(np.float32).astype(np.float64), labels)).max() <= 1e-9
+
+
+def test_analyze_engines_write_the_same_tables(tmp_path):
+    lake = build_lake(tmp_path / "lake")
+    tables = {}
+    for engine in analysis.ENGINES:
+        result = analysis.analyze(lake, RUN_ID, permutations=3, engine=engine, memory_limit="500MB",
+                                  temp_directory=str(tmp_path))
+        assert result["engine"] == engine and result["duckdb"]["memory_limit"] == "500MB"
+        assert result["duckdb"]["temp_directory"].startswith(str(tmp_path))
+        tables[engine] = {name: lake.read(name, model_id=RUN_ID, split="test")
+                          for name in ("feature_label_corr", "feature_summary", "label_null")}
+    a, b = tables["duckdb"], tables["numpy"]
+    assert np.abs(a["feature_label_corr"]["spearman"].to_numpy()
+                  - b["feature_label_corr"]["spearman"].to_numpy()).max() <= 1e-9
+    for column in ("novelty", "max_abs_spearman", "frequency"):
+        assert np.abs(a["feature_summary"][column].to_numpy()
+                      - b["feature_summary"][column].to_numpy()).max() <= 1e-9
+    assert a["feature_summary"]["novelty_rank"].to_list() == b["feature_summary"]["novelty_rank"].to_list()
+    assert np.abs(a["label_null"]["null_q95"].to_numpy() - b["label_null"]["null_q95"].to_numpy()).max() <= 1e-6

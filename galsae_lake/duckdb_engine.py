@@ -1,0 +1,81 @@
+"""The default engine of `analyze` (``--engine duckdb``): Spearman and novelty as DuckDB SQL.
+
+The codes stay in DuckDB: a ``codes(feature, "row", value)`` relation of the connection (the
+lake's Parquet read by ``sql/analysis_codes.sql`` into a temp table, which spills to the
+connection's ``temp_directory`` past its ``memory_limit``). ``sql/feature_label_corr.sql``
+ranks and correlates, ``sql/feature_novelty.sql`` projects the codes on a basis table of the
+labels; only the [features x labels] results come back to numpy. What stays in numpy: the
+factorization of the small label matrix (``numpy_engine.label_basis``) and the permutation null
+(``numpy_engine.spearman`` on codes fetched from the same relation).
+"""
+
+from __future__ import annotations
+
+import re
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from galsae_lake.lake import query
+from galsae_lake.numpy_engine import CONSTANT_STD, MIN_ROWS
+
+_PARAMETER = re.compile(r"\$([A-Za-z_]\w*)")
+
+
+def statements(name: str) -> list[str]:
+    """The statements of ``sql/<name>.sql`` (separated by ';' at a line end), comments kept."""
+    parts = re.split(r";[ \t]*\n", query(name))
+    return [part for part in parts
+            if any(line.strip() and not line.strip().startswith("--") for line in part.splitlines())]
+
+
+def run_script(con: duckdb.DuckDBPyConnection, name: str, params: dict) -> pa.Table:
+    """Run ``sql/<name>.sql`` statement by statement; the last one's result as Arrow.
+
+    Each statement gets the named parameters it uses.
+    """
+    def used(sql: str) -> dict:
+        code = re.sub(r"--[^\n]*", "", sql)  # parameters named in comments are not used
+        return {k: params[k] for k in set(_PARAMETER.findall(code))}
+
+    *setup, last = statements(name)
+    for sql in setup:
+        con.execute(sql, used(sql))
+    return con.sql(last, params=used(last)).to_arrow_table()
+
+
+def register_labels(con: duckdb.DuckDBPyConnection, labels: np.ndarray) -> None:
+    """``labels(label, "row", value)``: the non-NaN entries of a [rows x labels] matrix."""
+    rows, cols = np.nonzero(~np.isnan(labels))
+    con.register("label_entries", pa.table({"label": cols.astype(np.int32),
+                                            "row": rows.astype(np.int32),
+                                            "value": labels[rows, cols]}))
+    con.execute("CREATE OR REPLACE TEMP VIEW labels AS SELECT * FROM label_entries")
+
+
+def spearman(con: duckdb.DuckDBPyConnection, labels: np.ndarray, n_features: int
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """(rho [features x labels], n [labels]) by sql/feature_label_corr.sql over ``codes``."""
+    register_labels(con, labels)
+    out = run_script(con, "feature_label_corr", {"min_rows": MIN_ROWS, "n_features": n_features})
+    rho = np.zeros((n_features, labels.shape[1]))
+    rho[out.column("feature").to_numpy(), out.column("label").to_numpy()] = \
+        out.column("spearman").to_numpy()
+    n = (~np.isnan(labels)).sum(axis=0).astype(np.int64)
+    return rho, n
+
+
+def novelty(con: duckdb.DuckDBPyConnection, basis: np.ndarray, n_features: int) -> np.ndarray:
+    """1 - R^2 per feature by sql/feature_novelty.sql over ``codes`` and ``basis``."""
+    n_rows = len(basis)
+    if basis.shape[1] == 0:  # no label varies: nothing is explained (one zero direction)
+        basis = np.zeros((n_rows, 1))
+    columns = {"row": pa.array(np.arange(n_rows, dtype=np.int32))}
+    columns.update({f"b{k}": pa.array(basis[:, k]) for k in range(basis.shape[1])})
+    con.register("basis", pa.table(columns))
+    out = run_script(con, "feature_novelty", {"n_rows": n_rows, "n_features": n_features,
+                                              "constant_std": CONSTANT_STD})
+    result = np.ones(n_features)
+    result[out.column("feature").to_numpy()] = out.column("novelty").to_numpy()
+    return result
