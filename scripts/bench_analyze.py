@@ -164,29 +164,64 @@ def seed_regression_seconds(columns: np.ndarray, labels: np.ndarray) -> float:
     return (time.perf_counter() - started) / columns.shape[1]
 
 
+def _folder_bytes(folder: Path) -> int:
+    total = 0
+    for path in folder.rglob("*"):
+        try:
+            total += path.stat().st_size if path.is_file() else 0
+        except OSError:  # removed while we looked
+            pass
+    return total
+
+
 def run_scale(args) -> None:
+    import threading
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         root = Path(tmp) / "lake"
+        spill = Path(tmp) / "spill"
+        spill.mkdir()
         t = time.perf_counter()
         build(root, args.n, 1000, args.features, args.k, dim=8)
         print(f"built lake: {args.n:,} galaxies, ~{args.n * args.k:,} codes "
               f"in {time.perf_counter() - t:.0f} s")
-        code = ("import json,resource,sys,time;from galsae_lake.analysis import analyze;"
-                "from galsae_lake.lake import Lake;"
-                f"r=analyze(Lake({str(root)!r}),'sae-bench-000000',permutations={args.permutations},"
-                f"threads={args.threads});"
-                "print(json.dumps({'seconds':r['seconds'],"
-                "'peak_gb':resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/2**20}))")
-        # one BLAS thread, as for the real-size run: on the busy machine a 2-thread OpenBLAS
-        # took 0.9-3.5 s for an [18 x 1M] @ [1M x 63] product that takes 0.05 s on one
-        env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]),
-                   OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
-        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-        if out.returncode:
-            raise SystemExit(out.stderr)
-        result = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"analyze (SAE, {args.features} features, {args.permutations} permutations): "
-              f"{result['seconds']:.1f} s, peak RSS {result['peak_gb']:.2f} GB")
+        for engine in args.engines:
+            code = ("import json,resource,sys,time;from galsae_lake.analysis import analyze;"
+                    "from galsae_lake.lake import Lake;"
+                    f"r=analyze(Lake({str(root)!r}),'sae-bench-000000',"
+                    f"permutations={args.permutations},threads={args.threads},engine={engine!r},"
+                    f"memory_limit={args.memory_limit!r},temp_directory={str(spill)!r});"
+                    "print(json.dumps({'seconds':r['seconds'],'timings':r['timings'],"
+                    "'duckdb':r['duckdb'],"
+                    "'peak_gb':resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/2**20}))")
+            # one BLAS thread, as for the real-size run: on the busy machine a 2-thread OpenBLAS
+            # took 0.9-3.5 s for an [18 x 1M] @ [1M x 63] product that takes 0.05 s on one
+            env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]),
+                       OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+            peak_spill = [0]
+            done = threading.Event()
+
+            def watch() -> None:  # the spill folder's largest size while analyze runs
+                while not done.wait(0.5):
+                    peak_spill[0] = max(peak_spill[0], _folder_bytes(spill))
+
+            watcher = threading.Thread(target=watch)
+            watcher.start()
+            try:
+                out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                                     text=True)
+            finally:
+                done.set()
+                watcher.join()
+            if out.returncode:
+                raise SystemExit(out.stderr)
+            result = json.loads(out.stdout.strip().splitlines()[-1])
+            duck = result["duckdb"]
+            phases = ", ".join(f"{k} {v:.1f}" for k, v in result["timings"].items())
+            print(f"analyze --engine {engine} (SAE, {args.features} features, "
+                  f"{args.permutations} permutations): {result['seconds']:.1f} s ({phases}), peak "
+                  f"RSS {result['peak_gb']:.2f} GB; duckdb {duck['threads']} threads, memory_limit "
+                  f"{duck['memory_limit']}, spill folder {duck['temp_directory']} peaked at "
+                  f"{peak_spill[0] / 2**30:.2f} GB")
 
 
 def run_real(args) -> None:
@@ -202,33 +237,33 @@ def run_real(args) -> None:
         print(f"built lake: {args.n:,} test galaxies, {args.features} SAE features "
               f"(~{args.k} per galaxy), PCA {args.components} in {time.perf_counter() - t:.0f} s")
         models = (("sae", data["run_id"]), ("pca", pca_id))
-        # ours: median of --repeat runs per model, without the null (the seed's outputs) and with
-        # it (our extra); runs interleaved so that a busy spell hits both alike
-        walls = {(name, p): [] for name, _ in models for p in (0, args.permutations)}
-        cpus = {key: [] for key in walls}
+        # ours: median of --repeat runs per engine and model, without the null (the seed's
+        # outputs) and with it (our extra); runs interleaved so that a busy spell hits all alike
+        keys = [(e, name, p) for e in args.engines for p in (0, args.permutations)
+                for name, _ in models]
+        walls = {key: [] for key in keys}
+        cpus = {key: [] for key in keys}
         phases = {}
         for _ in range(args.repeat):
+            for engine, name, p in keys:
+                t, c = time.perf_counter(), time.process_time()
+                r = analyze(lake, dict(models)[name], permutations=p, threads=args.threads,
+                            engine=engine, memory_limit=args.memory_limit)
+                walls[engine, name, p].append(time.perf_counter() - t)
+                cpus[engine, name, p].append(time.process_time() - c)
+                phases[engine, name, p] = r
+        ours, ours_cpu = {}, {}
+        for engine, name, p in keys:
+            r, w = phases[engine, name, p], walls[engine, name, p]
+            detail = ", ".join(f"{k} {v:.2f}" for k, v in r["timings"].items())
+            print(f"analyze --engine {engine} {name}, {p:2d} permutations: median {np.median(w):.2f} s "
+                  f"wall ({np.median(cpus[engine, name, p]):.2f} s CPU) over {args.repeat} runs "
+                  f"[{', '.join(f'{x:.2f}' for x in w)}] ({r['features']} features x "
+                  f"{r['labels']} labels, {r['rows']:,} galaxies; last run: {detail})")
+        for engine in args.engines:
             for p in (0, args.permutations):
-                for name, model in models:
-                    t, c = time.perf_counter(), time.process_time()
-                    r = analyze(lake, model, permutations=p, threads=args.threads)
-                    walls[name, p].append(time.perf_counter() - t)
-                    cpus[name, p].append(time.process_time() - c)
-                    phases[name, p] = r
-        ours = {}
-        for p in (0, args.permutations):
-            for name, _ in models:
-                r = phases[name, p]
-                detail = ", ".join(f"{k} {v:.2f}" for k, v in r["timings"].items())
-                print(f"analyze {name}, {p:2d} permutations: median {np.median(walls[name, p]):.2f} s "
-                      f"wall ({np.median(cpus[name, p]):.2f} s CPU) over {args.repeat} runs "
-                      f"[{', '.join(f'{w:.2f}' for w in walls[name, p])}] ({r['features']} features x "
-                      f"{r['labels']} labels, {r['rows']:,} galaxies; last run: {detail})")
-            ours[p] = sum(np.median(walls[name, p]) for name, _ in models)
-        if args.sql_engine:
-            t = time.perf_counter()
-            analyze(lake, data["run_id"], permutations=0, threads=args.threads, engine="sql")
-            print(f"analyze sae, pure-SQL engine, no permutations: {time.perf_counter() - t:.2f} s")
+                ours[engine, p] = sum(np.median(walls[engine, name, p]) for name, _ in models)
+                ours_cpu[engine, p] = sum(np.median(cpus[engine, name, p]) for name, _ in models)
 
         # the seed's loops on samples of the same data
         rows, features, values = data["codes"]
@@ -268,26 +303,27 @@ def run_real(args) -> None:
         print(f"seed, scaled: primary view {n_features:,} x {L} pairs = {primary:.0f} s; "
               f"secondary view {n_features:,} x {L2} pairs = {secondary:.0f} s; "
               f"novelty {n_features:,} regressions = {regressions:.0f} s; total {seed_same:.0f} s")
-        print(f"ours, sum of the two models' medians: {ours[0]:.2f} s without the null, "
-              f"{ours[args.permutations]:.2f} s with {args.permutations} permutations; "
-              f"peak RSS {peak:.2f} GB")
-        print(f"speed-up, same outputs as the seed (primary + secondary + novelty; ours with 0 "
-              f"permutations): {seed_same / ours[0]:.0f}x")
-        print(f"speed-up, same outputs but not counting the seed's secondary pass: "
-              f"{(primary + regressions) / ours[0]:.0f}x")
-        print(f"speed-up, ours with the {args.permutations}-permutation null (work the seed does not "
-              f"do) vs the seed's primary + secondary + novelty: "
-              f"{seed_same / ours[args.permutations]:.0f}x")
+        for engine in args.engines:
+            base = ours[engine, 0]
+            print(f"ours ({engine}), sum of the two models' medians: {base:.2f} s without the null, "
+                  f"{ours[engine, args.permutations]:.2f} s with {args.permutations} permutations")
+            print(f"speed-up ({engine}), same outputs as the seed (primary + secondary + novelty; "
+                  f"ours with 0 permutations): {seed_same / base:.0f}x; without the seed's "
+                  f"secondary pass: {(primary + regressions) / base:.0f}x; ours with the "
+                  f"{args.permutations}-permutation null (work the seed does not do): "
+                  f"{seed_same / ours[engine, args.permutations]:.0f}x")
+            print(f"CPU time instead of wall clock ({engine}; the machine is shared): seed "
+                  f"{seed_same * seed_cpu_share:.0f} s (its sample ran at {seed_cpu_share:.2f} CPU s "
+                  f"per wall s), ours {ours_cpu[engine, 0]:.2f} s of this process without the null "
+                  f"(DuckDB's worker threads included): "
+                  f"{seed_same * seed_cpu_share / ours_cpu[engine, 0]:.0f}x")
+        print(f"peak RSS of the benchmark process {peak:.2f} GB")
         # the seed's make_figures keeps only SAE features firing on > 1% of galaxies
         frequent = int((np.bincount(features, minlength=args.features) / args.n > 0.01).sum())
         seed_frequent = (per_pair * (L + L2) + per_fit) * (frequent + args.components)
-        ours_cpu = sum(np.median(cpus[name, 0]) for name, _ in models)
-        print(f"CPU time instead of wall clock (the machine is shared): seed {seed_same * seed_cpu_share:.0f} s "
-              f"(its sample ran at {seed_cpu_share:.2f} CPU s per wall s), ours {ours_cpu:.2f} s "
-              f"without the null: {seed_same * seed_cpu_share / ours_cpu:.0f}x")
         print(f"note: the seed's get_top_sae_features keeps features with frequency > 1%: "
               f"{frequent:,} of {args.features:,} here; the seed's loops on those alone: "
-              f"{seed_frequent:.0f} s, {seed_frequent / ours[0]:.0f}x ours (which does all)")
+              f"{seed_frequent:.0f} s")
         print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
 
@@ -305,7 +341,10 @@ def main() -> None:
     parser.add_argument("--sample-pairs", type=int, default=3000)
     parser.add_argument("--sample-features", type=int, default=128)
     parser.add_argument("--sample-regressions", type=int, default=60)
-    parser.add_argument("--sql-engine", action="store_true", help="also time the pure-SQL engine")
+    parser.add_argument("--engines", default="duckdb,numpy",
+                        type=lambda text: [e for e in text.split(",") if e],
+                        help="comma-separated engines to time (duckdb, numpy)")
+    parser.add_argument("--memory-limit", default="4GB", help="DuckDB's memory limit")
     parser.add_argument("--scale", action="store_true", help="1M-galaxy memory run (SAE only)")
     parser.add_argument("--tmp", default=None, help="folder for the temporary lake")
     args = parser.parse_args()

@@ -611,3 +611,16 @@ def test_analyze_engines_write_the_same_tables(tmp_path):
                       - b["feature_summary"][column].to_numpy()).max() <= 1e-9
     assert a["feature_summary"]["novelty_rank"].to_list() == b["feature_summary"]["novelty_rank"].to_list()
     assert np.abs(a["label_null"]["null_q95"].to_numpy() - b["label_null"]["null_q95"].to_numpy()).max() <= 1e-6
+
+
+def test_every_sql_file_runs_and_is_in_the_readme():
+    """sql/ holds what runs: each file is named in sql/README.md and run by the package's code."""
+    import re
+    from galsae_lake.lake import sql_dir
+    readme = (sql_dir() / "README.md").read_text()
+    package = Path(analysis.__file__).parent
+    code = "\n".join(path.read_text() for path in package.rglob("*.py"))
+    run = set(re.findall(r'(?:query|statements|run_script)\((?:con, )?"(\w+)"', code))
+    files = {path.stem for path in sql_dir().glob("*.sql")}
+    assert files and files <= run, files - run
+    assert all(f"`{name}.sql`" in readme for name in files)

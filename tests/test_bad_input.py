@@ -149,6 +149,15 @@ def case_unknown_model(root, files, run_id):
     return ["analyze", "--model", "sae-nope-000000"], ["unknown model id 'sae-nope-000000'"]
 
 
+def case_analyze_memory_limit(root, files, run_id):
+    return ["analyze", "--model", run_id, "--memory-limit", "lots"], ["--memory-limit 'lots'"]
+
+
+def case_analyze_temp_directory(root, files, run_id):
+    return ["analyze", "--model", run_id, "--temp-directory", str(files / "nowhere")], [
+        "is not a folder"]
+
+
 def case_figures_unknown_model(root, files, run_id):
     return ["figures", "--model", "pca-nope-000000"], [
         "no analysis of model 'pca-nope-000000' on split 'test'"]
