@@ -131,6 +131,15 @@ def load_codes(lake: Lake, model: Model, split: str, rows_of_split: np.ndarray, 
     return frequency / max(len(ids), 1)
 
 
+def read_codes(lake: Lake, model: Model, split: str, rows_of_split: np.ndarray, ids: np.ndarray,
+               con: duckdb.DuckDBPyConnection) -> Codes:
+    """The model's non-zero codes on ``split`` as numpy Codes (:func:`load_codes`, then
+    :func:`fetch_codes`), for callers that compute in memory (the demo's planted factors)."""
+    frequency = load_codes(lake, model, split, rows_of_split, ids, con)
+    n_rows = int(rows_of_split.max()) + 1 if len(rows_of_split) else 1
+    return fetch_codes(con, model.kind, model.n_features, frequency, n_rows)
+
+
 def use_codes(con: duckdb.DuckDBPyConnection, codes: Codes) -> None:
     """Make numpy ``codes`` the connection's ``codes`` relation (for codes made in memory)."""
     con.register("memory_codes", pa.table({"feature": codes.feature, "row": codes.row,

@@ -145,7 +145,8 @@ def planted_factors(lake: Lake, sae_id: str, pca_id: str, split: str = "test") -
     does not apply are dropped). For each factor also the best SAE feature's novelty and its
     novelty rank among the SAE's live features (0 = most novel).
     """
-    from galsae_lake.analysis import read_codes, spearman, split_ids
+    from galsae_lake.analysis import read_codes, split_ids
+    from galsae_lake.numpy_engine import spearman
     from galsae_lake.models import resolve_model
 
     factors = [name for name, _, _ in PLANTED]
