@@ -641,14 +641,18 @@ def dense_relu_activations(lake: Lake, model: Model, X: np.ndarray) -> np.ndarra
 
 
 def compute(codes: Codes, labels: np.ndarray, permutations: int, seed: int = 0,
-            engine: str = "numpy", threads: int = 1) -> MethodResult:
-    """Spearman matrix, novelty and the permutation null of one method's codes."""
+            engine: str = "numpy", threads: int = 1, control: np.ndarray | None = None) -> MethodResult:
+    """Spearman matrix, novelty and the permutation null of one method's codes.
+
+    ``control`` ([rows x columns], optional): non-morphological properties that novelty is also
+    fitted on (1 - R^2 on the labels and the controls together)."""
     if engine == "sql":
         rho, n = spearman_sql(codes, labels)
         null = spearman(codes, labels, permutations, seed, threads=threads)[2]
     else:
         rho, n, null = spearman(codes, labels, permutations, seed, threads=threads)
-    return MethodResult(codes.method, rho, n, novelty(codes, label_basis(labels)),
+    fitted = labels if control is None else np.hstack([labels, control])
+    return MethodResult(codes.method, rho, n, novelty(codes, label_basis(fitted)),
                         codes.frequency, null)
 
 
@@ -674,13 +678,17 @@ def spearman_sql(codes: Codes, labels: np.ndarray) -> tuple[np.ndarray, np.ndarr
 def analyze(lake: Lake, model_id: str, split: str = DEFAULT_SPLIT, catalog: str = DEFAULT_CATALOG,
             exclude_question: str = gz.PRIMARY_QUESTION, permutations: int = DEFAULT_PERMUTATIONS,
             seed: int = 0, reference_variant: bool = False, skip_empty_labels: bool = False,
-            engine: str = "numpy", threads: int | None = None) -> dict[str, Any]:
+            engine: str = "numpy", threads: int | None = None, control: str | None = None
+            ) -> dict[str, Any]:
     """Write feature_label_corr, feature_summary and label_null for (model_id, split).
 
     ``reference_variant`` adds method ``sae_relu``: the reference code's (the seed's) dense ReLU
     activations of the same SAE (pre-activation > 0, no top-k), computed from the split's
     embeddings. ``seed`` is the random seed of the label shuffles. ``threads`` is DuckDB's
-    (default: all cores). Returns a summary dict.
+    (default: all cores). ``control`` (``truth`` or a votes catalogue) fits novelty on the
+    labels plus those non-morphological columns (:func:`galsae_lake.discovery.control_matrix`);
+    feature_summary's discovery columns come from :mod:`galsae_lake.discovery`. Returns a
+    summary dict.
     """
     started = time.perf_counter()
     if permutations < 0:
@@ -700,14 +708,16 @@ def analyze(lake: Lake, model_id: str, split: str = DEFAULT_SPLIT, catalog: str 
     con.execute("SET temp_directory = $dir", {"dir": spill.name})  # sorts past the limit spill here
     try:
         return _analyze(lake, con, model, split, catalog, exclude_question, permutations, seed,
-                        reference_variant, skip_empty_labels, engine, started)
+                        reference_variant, skip_empty_labels, engine, started, control)
     finally:
         con.close()
         spill.cleanup()
 
 
 def _analyze(lake, con, model, split, catalog, exclude_question, permutations, seed,
-             reference_variant, skip_empty_labels, engine, started):
+             reference_variant, skip_empty_labels, engine, started, control=None):
+    from galsae_lake import discovery
+
     model_id = model.model_id
     ids = split_ids(lake, model.encoder, split)
     all_labels = label_matrix(lake, ids, split, catalog, con, engine)
@@ -723,9 +733,14 @@ def _analyze(lake, con, model, split, catalog, exclude_question, permutations, s
     rows_of_split = np.full(len(ids), -1, np.int64)
     rows_of_split[voted] = np.arange(int(voted.sum()))
     labels = all_labels[voted]
+    controls = None
+    if control:
+        controls = discovery.control_matrix(lake, ids[voted], split, control)[0]
     codes = read_codes(lake, model, split, rows_of_split, ids, con, engine)
     timings = {"read": time.perf_counter() - started}
-    results = [compute(codes, labels, permutations, seed, engine, WORKERS)]
+    results = [compute(codes, labels, permutations, seed, engine, WORKERS, controls)]
+    concentrated = discovery.concentration(codes.feature, codes.value, codes.n_features)
+    control_r2 = None if controls is None else 1.0 - novelty(codes, label_basis(controls))
     del codes
     timings["compute"] = time.perf_counter() - started - timings["read"]
     if reference_variant:
@@ -733,19 +748,26 @@ def _analyze(lake, con, model, split, catalog, exclude_question, permutations, s
                                encoder=model.encoder, split=split))
         dense = dense_relu_activations(lake, model, X)
         relu = Codes.from_dense("sae_relu", dense[voted], frequency_rows=dense)
-        results.append(compute(relu, labels, permutations, seed, engine, WORKERS))
+        results.append(compute(relu, labels, permutations, seed, engine, WORKERS, controls))
     mark = time.perf_counter()
     tables = summarize(con, results, exclude_question)
+    siblings = discovery.sibling_runs(lake, model_id) if model.kind == "sae" else []
+    stable = discovery.stability(lake, model_id, siblings) if siblings else None
+    if stable is None:  # no other seed to compare with (or a PCA): stability unknown
+        stable = np.full(model.n_features, np.nan)
+    tables["feature_summary"] = discovery.add_columns(
+        tables["feature_summary"], model.kind, stable, concentrated, control_r2,
+        band=discovery.FREQUENCY_BAND if model.kind == "sae" else (0.0, 1.0))
     timings["summarize"] = time.perf_counter() - mark
     mark = time.perf_counter()
     parameters = {"model_id": model_id, "split": split, "catalog": catalog,
                   "exclude_question": exclude_question, "permutations": permutations,
                   "seed": seed, "reference_variant": reference_variant,
-                  "skip_empty_labels": skip_empty_labels}
+                  "skip_empty_labels": skip_empty_labels, "control": control}
     partition = {"model_id": model_id, "split": split}
     info = {"kind": model.kind, "encoder": model.encoder, "n_features": model.n_features,
             "catalog": catalog, "rows": int(voted.sum()), "galaxies": int(len(ids)),
-            "empty_labels": empty}
+            "empty_labels": empty, "stability_runs": siblings}
     upstream = [model.codes.table, "votes"]
     with lake.transaction("analyze", parameters, upstream=upstream) as tx:
         for name, table in tables.items():

@@ -308,10 +308,13 @@ def pca(ctx: click.Context, encoder: str, n_components: int, fit_split: str) -> 
               help="Analyze without labels that have no votes on the split (rho 0, n 0).")
 @click.option("--with-pca", is_flag=True,
               help="For an SAE: also analyze the newest PCA of its encoder and print the comparison.")
+@click.option("--control", default=None, metavar="CATALOG",
+              help="Fit novelty on the labels plus these non-morphological columns: 'truth' (the "
+                   "synthetic world's flux, size, axis ratio, PSF, sky) or a votes catalog.")
 @click.pass_context
 def analyze(ctx: click.Context, model_id: str, split: str, catalog: str, exclude_question: str,
             permutations: int, seed: int, reference_variant: bool, skip_empty_labels: bool,
-            with_pca: bool) -> None:
+            with_pca: bool, control: str | None) -> None:
     """Spearman of every feature with every label, novelty and a permutation null.
 
     Writes feature_label_corr, feature_summary and label_null for (MODEL, SPLIT).
@@ -321,7 +324,7 @@ def analyze(ctx: click.Context, model_id: str, split: str, catalog: str, exclude
     lake = lake_of(ctx)
     options = dict(split=split, catalog=catalog, exclude_question=exclude_question,
                    permutations=permutations, seed=seed, reference_variant=reference_variant,
-                   skip_empty_labels=skip_empty_labels)
+                   skip_empty_labels=skip_empty_labels, control=control)
     if with_pca:
         results, comparison = analysis.analyze_with_pca(lake, model_id, **options)
     else:
