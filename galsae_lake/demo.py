@@ -2,11 +2,14 @@
 
 ``run_demo(lake)`` synthesizes Euclid-like galaxies with planted morphology and simulated Galaxy
 Zoo votes, embeds them with both stand-in encoders (``zoobot-synth``, supervised on the votes;
-``mae-synth``, a masked autoencoder), trains a Matryoshka BatchTopK SAE and fits a PCA on each,
-analyzes both against the votes, draws the figures and the feature browser, and returns a
-summary: per encoder the SAE's and the PCA's alignment with the labels, the top SAE features,
-and how well each planted factor (from ``truth``) is found by the best SAE feature and the best
-PCA component, with the novelty of the factors the Galaxy Zoo tree does not ask about.
+``mae-synth``, a masked autoencoder) and the hand-designed, not learned, ``polar-fourier``
+representation, trains Matryoshka BatchTopK SAEs (two seeds each, for the features' stability)
+and a PCA on each, analyzes both against the votes with novelty controlled for flux, size, axis
+ratio, PSF and sky (``--control truth``), draws the figures (with galleries of the top
+discoveries) and the feature browser, and returns a summary: per encoder the SAE's and the PCA's
+alignment with the labels, the top SAE features, the top discoveries by ``discovery_rank``, and
+how well each planted factor (from ``truth``) is found by the best SAE feature and the best PCA
+component (|rho|, precision among the top 50, novelty and discovery rank).
 """
 
 from __future__ import annotations
