@@ -178,15 +178,18 @@ def dense_relu_activations(lake: Lake, model: Model, X: np.ndarray) -> np.ndarra
 
 def compute(con: duckdb.DuckDBPyConnection, method: str, n_features: int, frequency: np.ndarray,
             labels: np.ndarray, permutations: int, seed: int = 0, engine: str = "duckdb",
-            workers: int = 1, codes: Codes | None = None) -> MethodResult:
+            workers: int = 1, codes: Codes | None = None,
+            control: np.ndarray | None = None) -> MethodResult:
     """Spearman matrix, novelty and the permutation null of the connection's ``codes``.
 
     ``codes``: numpy codes to analyze instead (made the ``codes`` relation first). ``labels``:
-    [analysis rows x labels], NaN where not asked. The null always runs in numpy.
+    [analysis rows x labels], NaN where not asked. ``control`` ([rows x columns], optional):
+    non-morphological properties that novelty is also fitted on (1 - R^2 on the labels and the
+    controls together). The null always runs in numpy.
     """
     if codes is not None:
         use_codes(con, codes)
-    basis = label_basis(labels)
+    basis = label_basis(labels if control is None else np.hstack([labels, control]))
     n_rows = len(labels)
     null = np.zeros((permutations, labels.shape[1]))
     if engine == "duckdb":
@@ -206,7 +209,8 @@ def analyze(lake: Lake, model_id: str, split: str = DEFAULT_SPLIT, catalog: str 
             exclude_question: str = gz.PRIMARY_QUESTION, permutations: int = DEFAULT_PERMUTATIONS,
             seed: int = 0, reference_variant: bool = False, skip_empty_labels: bool = False,
             engine: str = "duckdb", threads: int | None = None,
-            memory_limit: str = MEMORY_LIMIT, temp_directory: str | None = None) -> dict[str, Any]:
+            memory_limit: str = MEMORY_LIMIT, temp_directory: str | None = None,
+            control: str | None = None) -> dict[str, Any]:
     """Write feature_label_corr, feature_summary and label_null for (model_id, split).
 
     ``reference_variant`` adds method ``sae_relu``: the reference code's (the seed's) dense ReLU
@@ -215,6 +219,9 @@ def analyze(lake: Lake, model_id: str, split: str = DEFAULT_SPLIT, catalog: str 
     (SQL, the default) or numpy. DuckDB runs with ``threads`` (default: all cores) under
     ``memory_limit``, spilling to a fresh folder inside ``temp_directory`` (default: the system's
     temporary folder), removed afterwards; the summary reports all three. Returns a summary dict.
+    ``control`` (``truth`` or a votes catalogue) fits novelty on the labels plus those
+    non-morphological columns (:func:`galsae_lake.discovery.control_matrix`); feature_summary's
+    discovery columns come from :mod:`galsae_lake.discovery`.
     """
     started = time.perf_counter()
     if permutations < 0:
@@ -243,7 +250,7 @@ def analyze(lake: Lake, model_id: str, split: str = DEFAULT_SPLIT, catalog: str 
         con.execute("SET preserve_insertion_order = false")  # no order is relied on: less memory
         duck = {"threads": threads, "memory_limit": memory_limit, "temp_directory": spill.name}
         result = _analyze(lake, con, model, split, catalog, exclude_question, permutations, seed,
-                          reference_variant, skip_empty_labels, engine, started)
+                          reference_variant, skip_empty_labels, engine, started, control)
         return {**result, "engine": engine, "duckdb": duck}
     finally:
         con.close()
@@ -251,7 +258,9 @@ def analyze(lake: Lake, model_id: str, split: str = DEFAULT_SPLIT, catalog: str 
 
 
 def _analyze(lake, con, model, split, catalog, exclude_question, permutations, seed,
-             reference_variant, skip_empty_labels, engine, started):
+             reference_variant, skip_empty_labels, engine, started, control=None):
+    from galsae_lake import discovery
+
     model_id = model.model_id
     ids = split_ids(lake, model.encoder, split)
     all_labels = label_matrix(lake, ids, split, catalog, con)
@@ -268,10 +277,17 @@ def _analyze(lake, con, model, split, catalog, exclude_question, permutations, s
     rows_of_split[voted] = np.arange(int(voted.sum()))
     labels = all_labels[voted]
     del all_labels
+    controls = None
+    if control:
+        controls = discovery.control_matrix(lake, ids[voted], split, control)[0]
     frequency = load_codes(lake, model, split, rows_of_split, ids, con)
     timings = {"read": time.perf_counter() - started}
     results = [compute(con, model.kind, model.n_features, frequency, labels, permutations, seed,
-                       engine, WORKERS)]
+                       engine, WORKERS, control=controls)]
+    concentrated = duckdb_engine.concentration(con, model.n_features)
+    control_r2 = None
+    if controls is not None:  # the same projection in either engine (tested equal to 1e-9)
+        control_r2 = 1.0 - duckdb_engine.novelty(con, label_basis(controls), model.n_features)
     con.execute("DROP TABLE split_codes")
     timings["compute"] = time.perf_counter() - started - timings["read"]
     if reference_variant:
@@ -280,19 +296,26 @@ def _analyze(lake, con, model, split, catalog, exclude_question, permutations, s
         dense = dense_relu_activations(lake, model, X)
         relu = Codes.from_dense("sae_relu", dense[voted], frequency_rows=dense)
         results.append(compute(con, relu.method, relu.n_features, relu.frequency, labels,
-                               permutations, seed, engine, WORKERS, codes=relu))
+                               permutations, seed, engine, WORKERS, codes=relu, control=controls))
     mark = time.perf_counter()
     tables = summarize(con, results, exclude_question)
+    siblings = discovery.sibling_runs(lake, model_id) if model.kind == "sae" else []
+    stable = discovery.stability(lake, model_id, siblings) if siblings else None
+    if stable is None:  # no other seed to compare with (or a PCA): stability unknown
+        stable = np.full(model.n_features, np.nan)
+    tables["feature_summary"] = discovery.add_columns(
+        tables["feature_summary"], model.kind, stable, concentrated, control_r2,
+        band=discovery.FREQUENCY_BAND if model.kind == "sae" else (0.0, 1.0))
     timings["summarize"] = time.perf_counter() - mark
     mark = time.perf_counter()
     parameters = {"model_id": model_id, "split": split, "catalog": catalog,
                   "exclude_question": exclude_question, "permutations": permutations,
                   "seed": seed, "reference_variant": reference_variant,
-                  "skip_empty_labels": skip_empty_labels}
+                  "skip_empty_labels": skip_empty_labels, "control": control}
     partition = {"model_id": model_id, "split": split}
     info = {"kind": model.kind, "encoder": model.encoder, "n_features": model.n_features,
             "catalog": catalog, "rows": int(voted.sum()), "galaxies": int(len(ids)),
-            "empty_labels": empty}
+            "empty_labels": empty, "stability_runs": siblings}
     upstream = [model.codes.table, "votes"]
     with lake.transaction("analyze", parameters, upstream=upstream) as tx:
         for name, table in tables.items():

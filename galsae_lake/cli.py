@@ -317,10 +317,14 @@ def pca(ctx: click.Context, encoder: str, n_components: int, fit_split: str) -> 
 @click.option("--temp-directory", type=click.Path(file_okay=False), default=None,
               help="Where DuckDB spills (a fresh folder inside it, removed after) "
                    "[default: the system's temporary folder].")
+@click.option("--control", default=None, metavar="CATALOG",
+              help="Fit novelty on the labels plus these non-morphological columns: 'truth' (the "
+                   "synthetic world's flux, size, axis ratio, PSF, sky) or a votes catalog.")
 @click.pass_context
 def analyze(ctx: click.Context, model_id: str, split: str, catalog: str, exclude_question: str,
             permutations: int, seed: int, reference_variant: bool, skip_empty_labels: bool,
-            with_pca: bool, engine: str, memory_limit: str, temp_directory: str | None) -> None:
+            with_pca: bool, engine: str, memory_limit: str, temp_directory: str | None,
+            control: str | None) -> None:
     """Spearman of every feature with every label, novelty and a permutation null.
 
     Writes feature_label_corr, feature_summary and label_null for (MODEL, SPLIT). Prints
@@ -332,7 +336,7 @@ def analyze(ctx: click.Context, model_id: str, split: str, catalog: str, exclude
     options = dict(split=split, catalog=catalog, exclude_question=exclude_question,
                    permutations=permutations, seed=seed, reference_variant=reference_variant,
                    skip_empty_labels=skip_empty_labels, engine=engine,
-                   memory_limit=memory_limit, temp_directory=temp_directory)
+                   memory_limit=memory_limit, temp_directory=temp_directory, control=control)
     if with_pca:
         results, comparison = analysis.analyze_with_pca(lake, model_id, **options)
     else:

@@ -6,6 +6,7 @@ Encoders (the registry, :data:`ENCODERS`):
     mae-euclid     timm hf-hub:mwalmsley/euclid_encoder_mae_zoobot_vit_small_patch8_224 (ViT-S/8, 384-d)
     zoobot-synth   offline stand-in: ConvNeXt-atto supervised on simulated votes (320-d, 64 px)
     mae-synth      offline stand-in: ViT (patch 8, 6 blocks) masked autoencoder (192-d, 64 px)
+    polar-fourier  hand-designed, not learned: rotation-invariant ring Fourier amplitudes (280-d)
     <timm name>    any timm architecture (timm's pretrained weights with ``hub``)
 
 Weights (``weights=``): ``hub`` (download, the default for the Euclid encoders), ``random`` (the
@@ -86,6 +87,10 @@ ENCODERS: dict[str, EncoderSpec] = {
                     model_args={"img_size": 64, "patch_size": 8, "depth": 6, "global_pool": "avg"},
                     standin=True,
                     description="offline stand-in: ViT (patch 8, 6 blocks) masked autoencoder (192-d)"),
+        EncoderSpec("polar-fourier", "polar_fourier", None, 64, *_UNIT,
+                    description="hand-designed, not learned: rotation-invariant Fourier amplitudes "
+                                "of brightness and colour on rings around the light centre "
+                                "(galsae_lake.polar, 280-d)"),
     ]
 }
 
@@ -200,7 +205,13 @@ def load_encoder(name: str, weights: str | None = None, lake=None):
 
     spec = encoder_spec(name)
     kind = weights or ("hub" if not spec.standin else "default")
-    if spec.standin and kind in ("hub", "default", "lake", "shipped"):
+    if spec.arch == "polar_fourier":  # hand-designed: no weights to choose
+        from galsae_lake import polar
+
+        if weights not in (None, "hub"):
+            raise InputError(f"encoder {name} is hand-designed and has no weights; leave out --weights")
+        model, weights_id, kind = polar.PolarFourier(), polar.VERSION, "hand-designed"
+    elif spec.standin and kind in ("hub", "default", "lake", "shipped"):
         if kind == "hub":
             raise InputError(f"encoder {name} is an offline stand-in with no hub weights; use "
                              f"--weights lake, shipped, random or a PATH")

@@ -75,6 +75,8 @@ class TableSpec:
     #: who writes it: (command, "module.function"), and the query in sql/ that computes it
     producers: tuple[tuple[str, str], ...] = ()
     sql: str | None = None
+    #: columns a writer may leave out: they are stored as NULL
+    optional: tuple[str, ...] = ()
 
     @property
     def column_names(self) -> list[str]:
@@ -90,8 +92,10 @@ class TableSpec:
         return "; ".join(parts) + (f"; sql/{self.sql}" if self.sql else "")
 
 
-def _spec(name, partition_by, columns, description, key=None, by=(), sql=None) -> TableSpec:
-    return TableSpec(name, tuple(partition_by), tuple(columns), description, key, tuple(by), sql)
+def _spec(name, partition_by, columns, description, key=None, by=(), sql=None,
+          optional=()) -> TableSpec:
+    return TableSpec(name, tuple(partition_by), tuple(columns), description, key, tuple(by), sql,
+                     tuple(optional))
 
 
 _SYNTH = ("synth", "galsae_lake.sources.synthetic.synthesize")
@@ -155,9 +159,14 @@ TABLES: dict[str, TableSpec] = {
               [("method", _S), ("feature", _I32), ("frequency", _F64), ("frequency_rank", _I32),
                ("max_abs_spearman", _F64), ("best_label", _S), ("novelty", _F64),
                ("novelty_rank", _I32), ("max_abs_spearman_secondary", _F64),
-               ("best_label_secondary", _S), ("n_features", _I32)],
-              "per-feature alignment with the labels and novelty", by=_ANALYZE,
-              sql="feature_summary.sql"),
+               ("best_label_secondary", _S), ("n_features", _I32),
+               # galsae_lake.discovery: how likely a feature is new morphology (0 = most promising)
+               ("stability", _F64), ("control_r2", _F64), ("concentration", _F64),
+               ("discovery_score", _F64), ("discovery_rank", _I32)],
+              "per-feature alignment with the labels, novelty and discovery rank", by=_ANALYZE,
+              sql="feature_summary.sql",
+              optional=("stability", "control_r2", "concentration", "discovery_score",
+                        "discovery_rank")),
         _spec("pca_runs", [], [("pca_id", _S), ("encoder", _S), ("n_components", _I32),
                                ("fit_split", _S), ("n_fit", _I64), ("input_dim", _I32),
                                ("explained_variance", _F64), ("checkpoint", _S),
@@ -219,6 +228,9 @@ def _to_arrow(data: pa.Table | pl.DataFrame | Any) -> pa.Table:
 
 def _conform(spec: TableSpec, table: pa.Table) -> pa.Table:
     """Select and cast ``table`` to the spec's columns; a one-line LakeError if it cannot be."""
+    for name, want in spec.columns:
+        if name in spec.optional and name not in table.column_names:
+            table = table.append_column(name, pa.nulls(table.num_rows, want))
     missing = [c for c in spec.column_names if c not in table.column_names]
     if missing:
         raise LakeError(f"table {spec.name}: missing column(s) {', '.join(missing)}")

@@ -19,6 +19,7 @@ from galsae_lake.figures.browser import browser_html
 from galsae_lake.figures.charts import (PCA_COLOR, SAE_COLOR, distribution_chart,
                                         explained_variance_chart, fvu_chart, gallery_chart,
                                         training_chart)
+from galsae_lake.figures.discovery import discovery_figures
 from galsae_lake.figures.data import (NULL_VALUE_TEXT, FigureData, gallery_images,
                                       load_figure_data, sae_explained_variance, top_activations)
 from galsae_lake.figures.export import Figure, check_image_formats, report_html, save_chart
@@ -221,6 +222,7 @@ def make_figures(lake: Lake, model_id: str, out: str | Path | None = None,
     figures += run_figures(lake, data, timings)
     t1 = time.perf_counter()
     galleries = gallery_figures(lake, data, top)
+    galleries += discovery_figures(lake, data, min(top, 5))
     timings["galleries"] = time.perf_counter() - t1
     written: list[Path] = []
     t2 = time.perf_counter()
