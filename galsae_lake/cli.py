@@ -404,7 +404,7 @@ def embed(ctx, encoder, weights, splits, batch_size, device, shard, workers, pre
 @click.pass_context
 def ingest_embeddings_cmd(ctx, file, encoder, column, id_column, split_column, split, ids):
     """Store embeddings from FILE (Parquet with an id and a list column, or .npy + ids .npy)."""
-    from galsae_lake.ingest_embeddings import ingest_embeddings
+    from galsae_lake.sources.embeddings import ingest_embeddings
 
     summary = ingest_embeddings(lake_of(ctx), file, encoder, column=column, id_column=id_column,
                                 split_column=split_column, split=split, ids=ids, log=echo_err)
@@ -424,7 +424,7 @@ def ingest_embeddings_cmd(ctx, file, encoder, column, id_column, split_column, s
 @click.pass_context
 def ingest_hf_embeddings_cmd(ctx, dataset, column, encoder, config, splits, limit, id_column):
     """Store precomputed embeddings from a Hugging Face dataset (id_str plus list columns)."""
-    from galsae_lake.ingest_embeddings import ingest_hf_embeddings
+    from galsae_lake.sources.embeddings import ingest_hf_embeddings
 
     summary = ingest_hf_embeddings(lake_of(ctx), dataset, column, encoder, config=config,
                                    splits=list(splits) if splits else None, limit=limit,

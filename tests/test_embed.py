@@ -14,6 +14,7 @@ from galsae_lake.testing import assert_one_line_error, assert_refused, cli, lake
 from PIL import Image
 
 from galsae_lake import encoders, standins
+from galsae_lake.encoders import extraction as extract_module
 from galsae_lake.encoders import ENCODERS, extract, load_encoder, save_hub_folder
 from galsae_lake.errors import InputError
 from galsae_lake.lake import Lake, vectors
@@ -352,11 +353,11 @@ def test_embed_streams_in_chunks_with_the_same_result_and_every_corrupt_image_co
         meta = lake.partition_info("embeddings", encoder=tag, split="train")
         assert meta.skipped_corrupt == 4 and meta.corrupt_ids == list(corrupt)
     # a chunk smaller than the batch and pieces smaller than the batch: still the same vectors
-    encoders.PIECE_ROWS, old = 3, encoders.PIECE_ROWS
+    extract_module.PIECE_ROWS, old = 3, extract_module.PIECE_ROWS
     try:
         small = encoders.embed(lake, "zoobot-synth", tag="small", workers=0, chunk_rows=2, **run)
     finally:
-        encoders.PIECE_ROWS = old
+        extract_module.PIECE_ROWS = old
     assert small["splits"]["train"]["rows"] == 16
     c = lake.arrow("embeddings", encoder="small", split="train")
     assert c.column("id_str").to_pylist() == expected
