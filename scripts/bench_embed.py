@@ -106,7 +106,7 @@ def input_limit(model, info, blobs: list[bytes], batch_size: int, device: str,
 
 def forward_limit(model, info, batch_size: int, precision: str, device: str, n: int) -> float:
     """Images/s of the forward pass alone, inputs already on the device."""
-    from galsae_lake.encoders.extraction import _forward
+    from galsae_lake.encoders.extraction import forward_features as _forward
 
     cuda = device.startswith("cuda")
     fmt = torch.channels_last if cuda else torch.contiguous_format

@@ -1,9 +1,18 @@
 """The fast extraction loop: encoded images in, one embedding per image out.
 
-The embedding is what the seed hooks: the output of the model's ``head`` with no classifier, i.e.
-timm's ``forward_head(forward_features(x), pre_logits=True)`` (pooled, normed features).
+The embedding (:func:`forward_features`) is one of two things, named as the lake records them:
+
+- ``head``: what the seed hooks on Zoobot, the output of the model's ``head`` with no
+  classifier, i.e. timm's ``forward_head(forward_features(x), pre_logits=True)`` (pooled, normed);
+- ``pooled_features_block_N``: what ``mwalmsley/euclid_q1_embeddings`` holds, block N's output
+  from ``forward_intermediates(x, indices=[N], intermediates_only=True, norm=True)`` averaged
+  over the spatial grid (for the author's ViT, ``norm`` is an Identity: the raw patch tokens).
+  Any timm model with ``forward_intermediates`` can give it.
+
 Pixels are scaled to [0, 1] and, for the Zoobot-family encoders, not normalized further (as
-Zoobot trains and the seed embeds); other timm models use their pretrained mean/std.
+Zoobot trains, the seed embeds and galaxy-datasets' view transforms do); other timm models use
+their pretrained mean/std. :func:`embed_batch` is one batch of decoded pixels through all of
+that, for any engine that decodes images itself.
 
 Speed: image bytes are decoded (JPEG draft mode) and resized in DataLoader workers, one whole
 batch per worker call, and travel as uint8 (4x less than float); an image smaller than the model
@@ -28,7 +37,7 @@ import numpy as np
 import pyarrow as pa
 
 from galsae_lake.encoders.registry import EncoderInfo, _one_line
-from galsae_lake.errors import InputError
+from galsae_lake.errors import InputError, LakeError
 
 # image decoding (in workers)
 
@@ -202,18 +211,53 @@ def auto_batch_size(model, info: EncoderInfo, device: str, precision: str) -> in
     x = torch.zeros(probe, 3, info.input_size, info.input_size, device=device).contiguous(
         memory_format=torch.channels_last)
     with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16, enabled=precision == "bf16"):
-        _forward(model, x)
+        forward_features(model, x, info.features)
     per_image = max(1, (torch.cuda.max_memory_allocated() - base) / probe)
     torch.cuda.empty_cache()
     fit = int(0.4 * free / per_image)
     return int(max(32, min(1024, 2 ** int(math.log2(max(fit, 1))))))
 
 
-def _forward(model, x):
-    out = model.forward_head(model.forward_features(x), pre_logits=True)
-    if out.ndim == 3:  # a model that returns tokens: mean-pool them
-        out = out.mean(1)
-    return out
+def forward_features(model, x, features: str = "head"):
+    """The embedding of a normalized batch ``x`` [n, 3, h, w]: ``head`` or
+    ``pooled_features_block_N`` (see the module's docstring). Returns [n, d]."""
+    if features == "head":
+        out = model.forward_head(model.forward_features(x), pre_logits=True)
+        return out.mean(1) if out.ndim == 3 else out  # a model that returns tokens: mean-pool
+    block = int(features.rsplit("_", 1)[1])
+    (out,) = model.forward_intermediates(x, indices=[block], intermediates_only=True, norm=True)
+    # NCHW maps (timm's default output format): the mean over the spatial grid; NLC tokens: over L
+    return out.mean(dim=(-2, -1)) if out.ndim == 4 else out.mean(1)
+
+
+def normalize_pixels(pixels, info: EncoderInfo, channels_last: bool = False):
+    """uint8 NHWC pixels (a tensor on any device, any square size) -> the model's input: float
+    NCHW at ``info.input_size`` (bilinear resize on the device when needed), scaled to [0, 1]
+    and normalized with the encoder's mean/std."""
+    import torch
+    import torch.nn.functional as F
+
+    x = pixels.permute(0, 3, 1, 2).float()
+    if x.shape[-1] != info.input_size or x.shape[-2] != info.input_size:
+        x = F.interpolate(x, size=(info.input_size, info.input_size), mode="bilinear",
+                          align_corners=False)
+    mean = torch.tensor(info.mean, device=x.device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(info.std, device=x.device).view(1, 3, 1, 1) * 255
+    return ((x - mean) / std).contiguous(
+        memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def embed_batch(model, info: EncoderInfo, pixels, precision: str = "fp32"):
+    """One batch of decoded images through the encoder: uint8 NHWC pixels (a torch tensor on the
+    model's device) -> float32 embeddings [n, d] on that device. The loop of
+    :class:`ExtractionStream` and any other engine call this."""
+    import torch
+
+    device = pixels.device.type
+    with torch.inference_mode(), torch.autocast(device, dtype=torch.bfloat16,
+                                                enabled=precision == "bf16"):
+        x = normalize_pixels(pixels, info, channels_last=device == "cuda")
+        return forward_features(model, x, info.features).float()
 
 
 @dataclass
@@ -312,16 +356,12 @@ class ExtractionStream:
 
     def __iter__(self):
         import torch
-        import torch.nn.functional as F
         from tqdm import tqdm
 
-        info, device, size = self.info, self.device, self.size
-        cuda = device.startswith("cuda")
+        info, device = self.info, self.device
         if self.n == 0:
             return
         loader = self.pieces()
-        mean = torch.tensor(info.mean, device=device).view(1, 3, 1, 1) * 255
-        std = torch.tensor(info.std, device=device).view(1, 3, 1, 1) * 255
         pending, pending_kept, failed_all, group, group_kept = [], [], [], [], []
         progress = self.progress
         bar = tqdm(total=self.n, unit="img", desc=progress if isinstance(progress, str) else "embed",
@@ -336,15 +376,12 @@ class ExtractionStream:
             return out
 
         def forward(group):  # not a with-block around the loop: the consumer runs at each yield
-            with torch.inference_mode(), torch.autocast(device.split(":")[0], dtype=torch.bfloat16,
-                                                        enabled=self.precision == "bf16"):
-                x = (group[0] if len(group) == 1 else torch.cat(group)).permute(0, 3, 1, 2).float()
-                if size != info.input_size:  # upsample small images on the device
-                    x = F.interpolate(x, size=(info.input_size, info.input_size), mode="bilinear",
-                                      align_corners=False)
-                x = ((x - mean) / std).contiguous(
-                    memory_format=torch.channels_last if cuda else torch.contiguous_format)
-                return _forward(self.model, x).float()
+            pixels = group[0] if len(group) == 1 else torch.cat(group)
+            out = embed_batch(self.model, info, pixels, self.precision)
+            if out.shape[-1] != info.embedding_dim:
+                raise LakeError(f"encoder {info.name} gave {out.shape[-1]}-d embeddings, its "
+                                f"model says {info.embedding_dim}-d ({info.features})")
+            return out
 
         try:
             for pixels, kept, failed, last in loader:

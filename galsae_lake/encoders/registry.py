@@ -14,12 +14,23 @@ same architecture untrained, seeded), a PATH (a folder in the hub layout, ``conf
 or one ``.safetensors``/``.pth`` state dict), and for the stand-ins ``lake`` (trained into this
 lake by ``train-encoder``) or ``shipped`` (the package's small weights); their default is the
 lake's copy when there is one, else the shipped one.
+
+``mae-euclid`` is the author's own timm architecture, ``zoobot_vit_small_patch8_224``: the hub
+repo's ``config.json`` names it, so it must be registered in timm before ``hf-hub:``,
+``local-dir:`` or ``--weights random`` can build it (:func:`register_architectures`; same name,
+same arguments as the author's registration).
+
+What an encoder's embedding is (``features``): ``head`` (timm's ``forward_head(...,
+pre_logits=True)``, what the seed hooks on Zoobot) or ``pooled_features_block_N`` (block N's
+patch tokens averaged over the grid, as ``mwalmsley/euclid_q1_embeddings`` stores them; the
+default of ``mae-euclid``, with N = 11). See :mod:`galsae_lake.encoders.extraction`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,6 +57,8 @@ class EncoderSpec:
     model_args: dict = field(default_factory=dict)
     standin: bool = False
     description: str = ""
+    #: what the embedding is: "head" or "pooled_features_block_N" (see :func:`parse_features`)
+    features: str = "head"
 
 
 _UNIT = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
@@ -55,9 +68,11 @@ ENCODERS: dict[str, EncoderSpec] = {
     for spec in [
         EncoderSpec("zoobot-euclid", "convnext_nano", "hf-hub:mwalmsley/zoobot-encoder-euclid", 224,
                     *_UNIT, description="Zoobot ConvNeXt-nano trained on Euclid Galaxy Zoo votes (640-d)"),
-        EncoderSpec("mae-euclid", "vit_small_patch8_224",
+        EncoderSpec("mae-euclid", "zoobot_vit_small_patch8_224",
                     "hf-hub:mwalmsley/euclid_encoder_mae_zoobot_vit_small_patch8_224", 224, *_UNIT,
-                    description="ViT-S/8 masked autoencoder trained on Euclid images (384-d)"),
+                    features="pooled_features_block_11",
+                    description="ViT-S/8 masked autoencoder trained on Euclid images (384-d, "
+                                "block 11's patch-token mean)"),
         EncoderSpec("zoobot-synth", "convnext_atto", None, 64, *_UNIT, standin=True,
                     description="offline stand-in: ConvNeXt-atto supervised on simulated votes (320-d)"),
         EncoderSpec("mae-synth", "vit_tiny_patch16_224", None, 64, *_UNIT,
@@ -80,9 +95,60 @@ class EncoderInfo:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     embedding_dim: int
+    features: str = "head"  # "head" or "pooled_features_block_N"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+#: the timm name the author of mwalmsley/euclid_encoder_mae_zoobot_vit_small_patch8_224 registered
+MAE_EUCLID_ARCH = "zoobot_vit_small_patch8_224"
+#: its arguments: ViT-S/8 at 224 px, patch tokens mean-pooled (so ``norm`` is an Identity and
+#: ``fc_norm`` a LayerNorm), no classifier
+MAE_EUCLID_ARGS = {"img_size": 224, "patch_size": 8, "depth": 12, "num_heads": 6, "embed_dim": 384,
+                   "mlp_ratio": 4, "global_pool": "avg", "num_classes": 0}
+
+
+def zoobot_vit_small_patch8_224(pretrained: bool = False, **kwargs):
+    """The MAE encoder's architecture, built the way timm builds its own ViTs (arguments given
+    here win over :data:`MAE_EUCLID_ARGS`, as in the author's registration)."""
+    from timm.models.vision_transformer import _create_vision_transformer
+
+    return _create_vision_transformer(MAE_EUCLID_ARCH, pretrained=pretrained,
+                                      **{**MAE_EUCLID_ARGS, **kwargs})
+
+
+def register_architectures() -> None:
+    """Make timm know :data:`MAE_EUCLID_ARCH` (once per process; timm's own names are untouched)."""
+    import timm
+    from timm.models import register_model
+
+    if not timm.is_model(MAE_EUCLID_ARCH):
+        register_model(zoobot_vit_small_patch8_224)
+
+
+_BLOCK = re.compile(r"^(?:pooled_features_block_)?(\d+)$")
+
+
+def parse_features(value: str | int | None, default: str = "head") -> str:
+    """The canonical name of an embedding choice: ``head`` or ``pooled_features_block_N``.
+
+    Accepts ``head``, ``pooled_features_block_N`` or a block number ``N``; None gives ``default``.
+    """
+    if value is None:
+        return default
+    text = str(value).strip()
+    if text == "head":
+        return "head"
+    match = _BLOCK.match(text)
+    if not match:
+        raise InputError(f"--features {value}: use head, pooled_features_block_N or a block number N")
+    return f"pooled_features_block_{int(match.group(1))}"
+
+
+def feature_block(features: str) -> int | None:
+    """The block number of ``pooled_features_block_N``; None for ``head``."""
+    return None if features == "head" else int(features.rsplit("_", 1)[1])
 
 
 def encoder_tag(name: str) -> str:
@@ -96,6 +162,8 @@ def encoder_spec(name: str) -> EncoderSpec:
     if name in ENCODERS:
         return ENCODERS[name]
     import timm
+
+    register_architectures()
 
     if name.startswith(("hf-hub:", "hf_hub:")):
         return EncoderSpec(name, name, name, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -147,6 +215,7 @@ def build_model(spec: EncoderSpec, **overrides):
     import timm
     import torch
 
+    register_architectures()
     torch.manual_seed(RANDOM_SEED)
     args = {**spec.model_args, **overrides}
     return timm.create_model(spec.arch, pretrained=False, num_classes=0, **args)
@@ -166,17 +235,23 @@ def _load_state_file(path: Path) -> dict:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-def load_encoder(name: str, weights: str | None = None, lake=None):
+def load_encoder(name: str, weights: str | None = None, lake=None,
+                 features: str | int | None = None):
     """Load an encoder for inference: returns ``(model, EncoderInfo)``, the model in eval mode on CPU.
 
     ``weights``: None (the encoder's default), ``hub``, ``random``, ``lake``, ``shipped`` or a PATH.
-    Raises InputError with one line for an unknown encoder, unreachable hub, or weights that do
-    not fit the architecture.
+    ``features``: what the embedding is (:func:`parse_features`; default: the encoder's own).
+    Raises InputError with one line for an unknown encoder, unreachable hub, weights that do
+    not fit the architecture, or a block the model does not have.
     """
     import timm
     import torch
 
+    from galsae_lake.encoders.extraction import forward_features
+
+    register_architectures()
     spec = encoder_spec(name)
+    features = parse_features(features, spec.features)
     kind = weights or ("hub" if not spec.standin else "default")
     if spec.standin and kind in ("hub", "default", "lake", "shipped"):
         if kind == "hub":
@@ -215,15 +290,42 @@ def load_encoder(name: str, weights: str | None = None, lake=None):
             weights_id = f"file:{_file_digest([path])}"
         kind = "path"
     model.eval()
-    with torch.inference_mode():
-        size = spec.input_size
-        probe = model.forward_head(model.forward_features(torch.zeros(1, 3, size, size)),
-                                   pre_logits=True)
-    dim = int(probe.shape[-1])
+    _check_block(model, name, features)
+    dim = _embedding_dim(model, features)
+    if dim is None:  # a model that does not say: one forward pass tells
+        with torch.inference_mode():
+            size = spec.input_size
+            dim = int(forward_features(model, torch.zeros(1, 3, size, size), features).shape[-1])
     info = EncoderInfo(name=name, arch=spec.arch, weights=kind, weights_id=weights_id,
                        input_size=spec.input_size, mean=tuple(spec.mean), std=tuple(spec.std),
-                       embedding_dim=dim)
+                       embedding_dim=dim, features=features)
     return model, info
+
+
+def _check_block(model, name: str, features: str) -> None:
+    """A one-line error when ``features`` names a block the model cannot give."""
+    block = feature_block(features)
+    if block is None:
+        return
+    if not hasattr(model, "forward_intermediates"):
+        raise InputError(f"encoder {name} ({type(model).__name__}) cannot give intermediate "
+                         f"blocks; use --features head")
+    depth = len(getattr(model, "feature_info", None) or [])  # what forward_intermediates indexes
+    if depth and not 0 <= block < depth:
+        raise InputError(f"--features {features}: encoder {name} has blocks 0-{depth - 1}")
+
+
+def _embedding_dim(model, features: str) -> int | None:
+    """The size of the embedding as timm's model says it (None when it does not): the head's
+    ``head_hidden_size`` (else ``num_features``), or block N's ``feature_info`` channels. The
+    extraction checks the first batch against it."""
+    block = feature_block(features)
+    if block is None:
+        dim = getattr(model, "head_hidden_size", None) or getattr(model, "num_features", None)
+    else:
+        info = getattr(model, "feature_info", None) or []
+        dim = info[block].get("num_chs") if block < len(info) else None
+    return int(dim) if dim else None
 
 
 def _mismatch(exc: BaseException) -> str:
@@ -242,6 +344,7 @@ def _load_folder(spec: EncoderSpec, folder: Path):
     """A hub-layout folder (config.json + model.safetensors) through timm's ``local-dir:`` source."""
     import timm
 
+    register_architectures()
     config_file = folder / "config.json"
     if not config_file.exists():
         raise InputError(f"weights folder {folder} has no config.json (expected the hub layout: "

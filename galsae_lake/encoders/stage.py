@@ -16,7 +16,8 @@ import numpy as np
 import pyarrow as pa
 
 from galsae_lake.encoders.extraction import CHUNK_ROWS, ExtractionStream, _load_size
-from galsae_lake.encoders.registry import EncoderInfo, encoder_tag, load_encoder
+from galsae_lake.encoders.registry import (EncoderInfo, encoder_spec, encoder_tag, feature_block,
+                                           load_encoder, parse_features)
 from galsae_lake.errors import InputError, LakeError
 
 
@@ -55,7 +56,7 @@ def embed(lake, encoder: str, weights: str | None = None, splits: Sequence[str] 
           batch_size: int | None = None, device: str | None = None, shard: str | None = None,
           workers: int | None = None, precision: str = "auto", force: bool = False,
           tag: str | None = None, progress: bool = True, log=print,
-          chunk_rows: int | None = None) -> dict[str, Any]:
+          chunk_rows: int | None = None, features: str | int | None = None) -> dict[str, Any]:
     """Embed the ``images`` table with ``encoder`` into ``embeddings`` (partition encoder, split).
 
     One transaction per split, so a run that stops keeps the splits already done; a split already
@@ -65,12 +66,21 @@ def embed(lake, encoder: str, weights: str | None = None, splits: Sequence[str] 
     (from any machine sharing the lake), they are merged into ``embeddings`` in one transaction.
     Images stream from the partition's file ``chunk_rows`` (default :data:`CHUNK_ROWS`) at a time
     and embeddings stream into the partition, so memory does not grow with the split.
+    ``features`` chooses the embedding (``head`` or ``pooled_features_block_N``; default: the
+    encoder's own, block 11 for ``mae-euclid``); another choice than the default is stored
+    under its own tag (``mae-euclid-block9``, ``zoobot-euclid-head``...) unless ``tag`` is given.
     Returns a summary dict (encoder, weights, per-split rows, skipped corrupt images, images/s).
     """
     if not lake.exists("images"):
         raise LakeError(f"table images has no data in {lake.root}; run galsae-lake synth or "
                         f"galsae-lake ingest hf first")
-    tag = tag or encoder_tag(encoder)
+    default_features = encoder_spec(encoder).features
+    features = parse_features(features, default_features)
+    if tag is None:
+        tag = encoder_tag(encoder)
+        if features != default_features:
+            block = feature_block(features)
+            tag += "-head" if block is None else f"-block{block}"
     from galsae_lake.lake import check_partition_value
 
     check_partition_value("encoder", tag)
@@ -80,13 +90,13 @@ def embed(lake, encoder: str, weights: str | None = None, splits: Sequence[str] 
     missing = [s for s in wanted if s not in available]
     if missing:
         raise InputError(f"images has no split {', '.join(missing)} (splits: {', '.join(available)})")
-    model, info = load_encoder(encoder, weights, lake)
+    model, info = load_encoder(encoder, weights, lake, features)
     _check_dim(lake, tag, info.embedding_dim)
     summary = {"encoder": tag, "weights": info.weights, "weights_id": info.weights_id,
-               "embedding_dim": info.embedding_dim, "splits": {}}
+               "embedding_dim": info.embedding_dim, "features": info.features, "splits": {}}
     for split in wanted:
         key = {"weights_id": info.weights_id, "images_written_at": _images_version(lake, split),
-               "input_size": info.input_size}
+               "input_size": info.input_size, "features": info.features}
         if sharding:
             i, n = sharding
             partition = {"encoder": tag, "split": split, "shard": f"{i}-of-{n}"}
@@ -111,9 +121,9 @@ def embed(lake, encoder: str, weights: str | None = None, splits: Sequence[str] 
             meta={**key, "encoder_name": encoder, "weights": info.weights, "arch": info.arch,
                   "embedding_dim": info.embedding_dim},
             params={"encoder": encoder, "weights": info.weights_id, "split": split, "tag": tag,
-                    "shard": shard})
+                    "shard": shard, "features": info.features})
         log(f"embeddings {tag}/{split}{' shard ' + shard if sharding else ''}: "
-            f"{rows} rows, {info.embedding_dim}-d, {corrupt} corrupt skipped, "
+            f"{rows} rows, {info.embedding_dim}-d {info.features}, {corrupt} corrupt skipped, "
             f"{rate:.0f} images/s ({stream.device}, {stream.precision}, batch {stream.batch_size})")
         summary["splits"][split] = {"rows": rows, "skipped_corrupt": corrupt, "images_per_s": rate}
         if sharding:
