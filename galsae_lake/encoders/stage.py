@@ -124,7 +124,7 @@ def embed(lake, encoder: str, weights: str | None = None, splits: Sequence[str] 
                     "shard": shard, "features": info.features})
         log(f"embeddings {tag}/{split}{' shard ' + shard if sharding else ''}: "
             f"{rows} rows, {info.embedding_dim}-d {info.features}, {corrupt} corrupt skipped, "
-            f"{rate:.0f} images/s ({stream.device}, {stream.precision}, batch {stream.batch_size})")
+            f"{rate:.3g} images/s ({stream.device}, {stream.precision}, batch {stream.batch_size})")
         summary["splits"][split] = {"rows": rows, "skipped_corrupt": corrupt, "images_per_s": rate}
         if sharding:
             _merge_shards(lake, tag, split, sharding[1], key, summary, log)

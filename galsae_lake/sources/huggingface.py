@@ -4,7 +4,7 @@ or galaxies and images alone from an image dataset (``mwalmsley/euclid_q1``, con
 
 The dataset is read with ``datasets.load_dataset`` — a hub name, or a local folder of Parquet
 files in the hub's layout (``data/train-*.parquet``, ``data/test-*.parquet``), or a folder
-written by ``save_to_disk`` — and streamed in batches, so the 174k galaxies of gz_euclid never
+written by ``save_to_disk`` — and streamed in batches, so the ~100k galaxies of gz_euclid never
 sit in memory at once: each batch goes straight into the lake's partition writers.
 
 Kept as given: ``id_str`` (match other catalogues with :func:`galsae_lake.sources.normalize_id`)
