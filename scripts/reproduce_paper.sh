@@ -38,7 +38,7 @@
 # Each step is idempotent: re-running skips embeddings already made and replaces the rest.
 #
 # Every online input can be pointed elsewhere (a local copy in the same shape; this is how the
-# script was run offline on fixtures): GZ_EUCLID, EUCLID_Q1, EUCLID_Q1_EMBEDDINGS (dataset name or
+# script was run offline, on the inputs scripts/make_euclid_fixtures.py writes): GZ_EUCLID, EUCLID_Q1, EUCLID_Q1_EMBEDDINGS (dataset name or
 # folder), ZOOBOT_WEIGHTS, MAE_WEIGHTS (hub or a hub-layout folder), Q1_CATALOGUE (a file);
 # SAE_SET="epochs=2" adds --set overrides to both SAEs, PCA_COMPONENTS (64) the PCA's size.
 set -euo pipefail

@@ -1,6 +1,6 @@
 """The seed's two paths on inputs in the exact published shapes, loaded as online.
 
-Fixtures come from tests/euclid_shapes.py: model repos as timm writes them (read through
+Fixtures come from galsae_lake/testing_euclid.py: model repos as timm writes them (read through
 ``local-dir:`` and, from a hub cache, through ``hf-hub:`` itself), a euclid_q1-shaped dataset
 repo with configurations, a euclid_q1_embeddings-shaped DatasetDict saved to disk and a Parquet in
 the Q1 morphology catalogue's shape, each with the NEG / ``-`` / release-prefix id spellings.
@@ -15,15 +15,16 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from euclid_shapes import (GALAXIES, euclid_q1_embeddings, euclid_q1_repo, hub_cache,
-                           hub_model_folder, q1_catalogue, save_config, spell)
-from lakeutil import assert_one_line_error, cli, lake_hash
 from PIL import Image
 
 from galsae_lake import gz
 from galsae_lake.encoders import ENCODERS, MAE_EUCLID_ARCH, build_model, load_encoder
 from galsae_lake.lake import Lake, vectors
 from galsae_lake.sources.ids import normalize_id, normalize_id_expr, normalize_id_sql
+from galsae_lake.testing import assert_one_line_error, cli, lake_hash
+from galsae_lake.testing_euclid import (GALAXIES, euclid_q1_embeddings, euclid_q1_repo,
+                                        hub_cache, hub_model_folder, q1_catalogue, save_config,
+                                        spell)
 
 MAE_REPO = "mwalmsley/euclid_encoder_mae_zoobot_vit_small_patch8_224"
 ZOOBOT_REPO = "mwalmsley/zoobot-encoder-euclid"
@@ -87,6 +88,7 @@ def offline_hub(monkeypatch, tmp_path):
     return cache
 
 
+@pytest.mark.slow
 def test_mae_euclid_is_the_authors_vit_and_embeds_block_11_patch_token_means(lake224, offline_hub):
     root, base, ids, x = lake224
     folder = hub_model_folder(base / "mae-folder", MAE_EUCLID_ARCH)
@@ -110,7 +112,7 @@ def test_mae_euclid_is_the_authors_vit_and_embeds_block_11_patch_token_means(lak
     stored = Lake(root).read("embeddings", encoder="mae-euclid", split="train")
     assert stored["id_str"].to_list() == ids
     assert Lake(root).partition_info("embeddings", encoder="mae-euclid",
-                                     split="train")["features"] == "pooled_features_block_11"
+                                     split="train").recorded["features"] == "pooled_features_block_11"
     # the reference: the architecture with the folder's weights, its blocks run by hand
     import timm
 
@@ -130,6 +132,7 @@ def test_mae_euclid_is_the_authors_vit_and_embeds_block_11_patch_token_means(lak
     assert np.abs(head - patch_mean).max() > 0.1
 
 
+@pytest.mark.slow
 def test_zoobot_euclid_from_the_hub_layout_embeds_forward_head(lake224, offline_hub):
     root, base, ids, x = lake224
     folder = hub_model_folder(base / "zoobot-folder", "convnext_nano")
@@ -152,7 +155,7 @@ def test_zoobot_euclid_from_the_hub_layout_embeds_forward_head(lake224, offline_
         stored = lake.read("embeddings", encoder=tag, split="train")
         assert stored["id_str"].to_list() == ids
         np.testing.assert_allclose(vectors(stored), expected, rtol=1e-4, atol=1e-4)
-        assert lake.partition_info("embeddings", encoder=tag, split="train")["features"] == "head"
+        assert lake.partition_info("embeddings", encoder=tag, split="train").recorded["features"] == "head"
 
 
 def test_a_block_of_any_vit_is_an_option_and_a_missing_block_is_one_line(lake224):
@@ -163,7 +166,7 @@ def test_a_block_of_any_vit_is_an_option_and_a_missing_block_is_one_line(lake224
     assert "embeddings encoder=mae-synth-block2" in result.output
     lake = Lake(root)
     assert lake.partition_info("embeddings", encoder="mae-synth-block2",
-                               split="train")["features"] == "pooled_features_block_2"
+                               split="train").recorded["features"] == "pooled_features_block_2"
     before = lake_hash(root)
     for args, fragment in (
             (("--encoder", "mae-synth", "--features", "pooled_features_block_6"), "blocks 0-5"),
@@ -208,7 +211,7 @@ def test_the_seeds_mae_path_inputs_join_on_the_normal_form(tmp_path, lake_style,
         assert stored["id_str"].to_list() == expect_ids  # in the lake's spelling
         expected = values[split]["pooled_features_block_11"][rows]
         assert vectors(stored).view(np.uint32).tolist() == expected.view(np.uint32).tolist()
-    match = lake.partition_info("embeddings", encoder="mae-euclid", split="train")["id_match"]
+    match = lake.partition_info("embeddings", encoder="mae-euclid", split="train").id_match
     respelled = 0 if lake_style == embeddings_style else 6
     assert match == {"against": "galaxies", "incoming": 7, "matched": 6, "unmatched": 1,
                      "respelled": respelled, "other_split": 1, "kept": 5}
@@ -228,7 +231,7 @@ def test_the_seeds_mae_path_inputs_join_on_the_normal_form(tmp_path, lake_style,
                          pl.col("label") == "bar_strong")["fraction"][0]
     assert first == pytest.approx(float(frame["bar_strong_fraction"][0]), abs=1e-7)
     info = lake.partition_info("votes", catalog="zoobot-predictions", split="train")
-    assert (info["id_match"]["matched"], info["id_match"]["unmatched"]) == (7, 2)
+    assert (info.id_match["matched"], info.id_match["unmatched"]) == (7, 2)
     # downstream, plain id_str joins meet: embeddings x catalogue
     joined = cli("sql", "SELECT count(DISTINCT e.id_str) AS n FROM embeddings e JOIN votes v "
                  "USING (id_str, split) WHERE v.catalog = 'zoobot-predictions'", "--format", "csv",

@@ -1,4 +1,5 @@
-"""Offline stand-ins for the published Euclid inputs, each in the exact shape public code shows.
+"""Offline stand-ins for the published Euclid inputs, each in the exact shape public code shows
+(for the tests, tests/test_euclid_shapes.py, and scripts/make_euclid_fixtures.py).
 
 Every builder writes what the online source serves, so the tests load it through the same code
 path as online (docs/sources.md lists where each shape was verified):
