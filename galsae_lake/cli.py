@@ -177,20 +177,29 @@ def ingest():
 @splits_option("train,test", help="Comma-separated splits.")
 @click.option("--limit", type=int, default=None, help="At most this many galaxies per split.")
 @catalog_option(help="The votes catalog to write.")
+@click.option("--no-votes", is_flag=True,
+              help="Write galaxies and images only, even if the dataset has label columns.")
 @quiet_option
 @click.pass_context
 def ingest_hf_command(ctx: click.Context, dataset: str, config: str | None,
-                      splits: tuple[str, ...], limit: int | None, catalog: str,
+                      splits: tuple[str, ...], limit: int | None, catalog: str, no_votes: bool,
                       quiet: bool) -> None:
-    """Stream a Galaxy Zoo dataset's galaxies, images and votes into the lake."""
+    """Stream a Galaxy Zoo dataset's galaxies, images and votes into the lake.
+
+    An image dataset without Galaxy Zoo label columns (mwalmsley/euclid_q1, configuration
+    v1-gz_arcsinh_vis_y: the seed's MAE path) fills galaxies and images only. Prints the rows
+    read per split.
+    """
     from galsae_lake.sources.huggingface import ingest_hf
 
     summary = ingest_hf(lake_of(ctx), dataset, config=config, splits=splits, limit=limit,
-                        catalog=catalog, progress=not quiet)
+                        catalog=catalog, progress=not quiet, votes=not no_votes)
     parts = ", ".join(f"{k} {v}" for k, v in summary["splits"].items())
-    click.echo(f"ingest hf: {summary['source']} ({parts}); wrote galaxies, images, "
-               f"votes[catalog={catalog}]" + (f"; {summary['images_missing']} images missing"
-                                              if summary["images_missing"] else ""))
+    wrote = (f"votes[catalog={catalog}]" if summary["votes"] else
+             "no votes (" + ("--no-votes" if no_votes else "no Galaxy Zoo label columns") + ")")
+    click.echo(f"ingest hf: {summary['source']} ({parts}; {sum(summary['splits'].values())} in "
+               f"all); wrote galaxies, images, {wrote}"
+               + (f"; {summary['images_missing']} images missing" if summary["images_missing"] else ""))
 
 
 @ingest.command("votes", epilog=example(
@@ -213,6 +222,10 @@ def ingest_votes_command(ctx: click.Context, file: str, catalog: str, id_column:
 
     summary = ingest_votes(lake_of(ctx), file, catalog=catalog, id_column=id_column,
                            split_column=split_column, split=split)
+    if summary.get("id_match"):
+        from galsae_lake.sources.ids import IdMatch
+
+        echo_err(IdMatch(**summary["id_match"]).line(f"votes[catalog={catalog}]"))
     parts = ", ".join(f"{k} {v}" for k, v in summary["splits"].items())
     click.echo(f"ingest votes: {summary['galaxies']} galaxies ({parts}); wrote votes[catalog={catalog}]"
                + (f"; {summary['unmatched']} ids not in the lake skipped" if summary["unmatched"] else ""))
@@ -391,19 +404,27 @@ def demo(ctx: click.Context, n: int, seed: int, formats: tuple[str, ...], quiet:
 @click.option("--workers", type=int, default=None, help="Decoding processes [default: by device].")
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto",
               show_default=True, help="bf16 autocast on GPUs and bf16-capable CPUs with auto.")
-@click.option("--as", "tag", default=None, help="Store under this encoder name [default: --encoder].")
+@click.option("--features", default=None,
+              help="head (the pooled, normed output of the model's head, as the seed takes from "
+                   "Zoobot) or pooled_features_block_N (block N's patch-token mean, as "
+                   "mwalmsley/euclid_q1_embeddings; any timm ViT) [default: pooled_features_block_11 "
+                   "for mae-euclid, else head].")
+@click.option("--as", "tag", default=None,
+              help="Store under this encoder name [default: --encoder, plus -blockN or -head "
+                   "when --features is not the encoder's default].")
 @click.option("--force", is_flag=True, help="Recompute splits already embedded with these weights.")
 @quiet_option
 @click.pass_context
-def embed(ctx, encoder, weights, splits, batch_size, device, shard, workers, precision, tag, force,
-          quiet):
+def embed(ctx, encoder, weights, splits, batch_size, device, shard, workers, precision, features,
+          tag, force, quiet):
     """Embed the images table into the embeddings table (one partition per encoder and split)."""
     from galsae_lake.encoders import embed as run_embed
 
     summary = run_embed(lake_of(ctx), encoder, weights=weights,
                         splits=list(splits) if splits else None, batch_size=batch_size,
                         device=device, shard=shard, workers=workers, precision=precision,
-                        force=force, tag=tag, progress=not quiet, log=echo_err)
+                        force=force, tag=tag, progress=not quiet, log=echo_err,
+                        features=features)
     click.echo(f"embeddings encoder={summary['encoder']}")
 
 
@@ -419,13 +440,20 @@ def embed(ctx, encoder, weights, splits, batch_size, device, shard, workers, pre
 @split_option(None, help="The split of every row.")
 @click.option("--ids", type=click.Path(dir_okay=False), default=None,
               help="For a .npy matrix: the .npy of ids [default: the name with embeddings->ids].")
+@click.option("--join", type=click.Choice(["all", "inner"]), default="all", show_default=True,
+              help="all: keep every row; inner: only galaxies of the lake's catalogue, same split.")
 @click.pass_context
-def ingest_embeddings_cmd(ctx, file, encoder, column, id_column, split_column, split, ids):
-    """Store embeddings from FILE (Parquet with an id and a list column, or .npy + ids .npy)."""
-    from galsae_lake.ingest_embeddings import ingest_embeddings
+def ingest_embeddings_cmd(ctx, file, encoder, column, id_column, split_column, split, ids, join):
+    """Store embeddings from FILE (Parquet with an id and a list column, or .npy + ids .npy).
+
+    Ids are matched to the galaxies catalogue (NEG or -, release prefix or not) and stored in
+    its spelling; the counts of matched and unmatched ids are printed and kept in the sidecar.
+    """
+    from galsae_lake.sources.embeddings import ingest_embeddings
 
     summary = ingest_embeddings(lake_of(ctx), file, encoder, column=column, id_column=id_column,
-                                split_column=split_column, split=split, ids=ids, log=echo_err)
+                                split_column=split_column, split=split, ids=ids, log=echo_err,
+                                join=join)
     click.echo(f"embeddings encoder={summary['encoder']}")
 
 
@@ -439,14 +467,21 @@ def ingest_embeddings_cmd(ctx, file, encoder, column, id_column, split_column, s
 @splits_option()
 @click.option("--limit", type=int, default=None, help="At most N rows per split.")
 @click.option("--id-column", default="id_str", show_default=True)
+@click.option("--join", type=click.Choice(["inner", "all"]), default="inner", show_default=True,
+              help="inner: only galaxies of the lake's catalogue, split by split (as the seed "
+                   "joins euclid_q1_embeddings to euclid_q1); all: keep every row.")
 @click.pass_context
-def ingest_hf_embeddings_cmd(ctx, dataset, column, encoder, config, splits, limit, id_column):
-    """Store precomputed embeddings from a Hugging Face dataset (id_str plus list columns)."""
-    from galsae_lake.ingest_embeddings import ingest_hf_embeddings
+def ingest_hf_embeddings_cmd(ctx, dataset, column, encoder, config, splits, limit, id_column, join):
+    """Store precomputed embeddings from a Hugging Face dataset (id_str plus list columns).
+
+    mwalmsley/euclid_q1_embeddings holds pooled_features_block_{0,9,10,11}; the seed trains on
+    block 11. The counts of matched and unmatched ids are printed and kept in the sidecar.
+    """
+    from galsae_lake.sources.embeddings import ingest_hf_embeddings
 
     summary = ingest_hf_embeddings(lake_of(ctx), dataset, column, encoder, config=config,
                                    splits=list(splits) if splits else None, limit=limit,
-                                   id_column=id_column, log=echo_err)
+                                   id_column=id_column, log=echo_err, join=join)
     click.echo(f"embeddings encoder={summary['encoder']}")
 
 

@@ -46,6 +46,9 @@ class PartitionProperties:
     corrupt_ids: list[str] = field(default_factory=list)  # the first 100 of them
     #: for embeddings merged from ``embed --shard i/n``: n
     merged_shards: int | None = None
+    #: for a catalogue joined to ``galaxies`` (ingest votes, embeddings, hf-embeddings): how many
+    #: ids matched and did not (:class:`galsae_lake.sources.ids.IdMatch` as a dict)
+    id_match: dict[str, Any] | None = None
     #: whatever else the writing stage recorded (e.g. embed's weights_id, images_written_at)
     recorded: dict[str, Any] = field(default_factory=dict)
 
@@ -57,8 +60,9 @@ class PartitionProperties:
     def to_json(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                if f.name != "recorded"}
-        if self.merged_shards is None:
-            del out["merged_shards"]
+        for optional in ("merged_shards", "id_match"):
+            if out[optional] is None:
+                del out[optional]
         return {**out, **self.recorded}
 
     def matches(self, recorded: dict[str, Any]) -> bool:

@@ -91,7 +91,7 @@ def input_limit(model, info, blobs: list[bytes], batch_size: int, device: str,
                 workers: int | None) -> float:
     """Images/s of ours' input pipeline alone: decoding and resizing in the DataLoader workers
     and the copy to the device, with ours' batch size and workers, no model."""
-    from galsae_lake.encoders import ExtractionStream, _load_size, memory_chunks
+    from galsae_lake.encoders.extraction import ExtractionStream, _load_size, memory_chunks
 
     stream = ExtractionStream(model, info, memory_chunks(blobs), len(blobs),
                               _load_size(blobs, info.input_size), batch_size, device, workers,
@@ -106,7 +106,7 @@ def input_limit(model, info, blobs: list[bytes], batch_size: int, device: str,
 
 def forward_limit(model, info, batch_size: int, precision: str, device: str, n: int) -> float:
     """Images/s of the forward pass alone, inputs already on the device."""
-    from galsae_lake.encoders import _forward
+    from galsae_lake.encoders.extraction import forward_features
 
     cuda = device.startswith("cuda")
     fmt = torch.channels_last if cuda else torch.contiguous_format
@@ -117,12 +117,12 @@ def forward_limit(model, info, batch_size: int, precision: str, device: str, n: 
     with torch.inference_mode(), torch.autocast(device.split(":")[0], torch.bfloat16,
                                                 enabled=precision == "bf16"):
         for _ in range(2):
-            _forward(model, x)
+            forward_features(model, x, info.features)
         if cuda:
             torch.cuda.synchronize()
         start = time.perf_counter()
         for _ in range(steps):
-            _forward(model, x).float()
+            forward_features(model, x, info.features).float()
         if cuda:
             torch.cuda.synchronize()
     return steps * batch_size / (time.perf_counter() - start)

@@ -145,6 +145,16 @@ def case_corrupt_images(root, files, run_id):
         "could be decoded"]
 
 
+def case_embed_missing_block(root, files, run_id):
+    return ["embed", "--encoder", "mae-synth", "--weights", "shipped", "--features", "9"], [
+        "blocks 0-5"]
+
+
+def case_inner_join_matches_nothing(root, files, run_id):
+    return ["ingest", "embeddings", embeddings_file(files, "strangers.parquet", np.ones((3, DIM))),
+            "--encoder", "other", "--join", "inner"], ["none of the 3 ids"]
+
+
 def case_unknown_model(root, files, run_id):
     return ["analyze", "--model", "sae-nope-000000"], ["unknown model id 'sae-nope-000000'"]
 

@@ -14,6 +14,7 @@ from galsae_lake.testing import assert_one_line_error, assert_refused, cli, lake
 from PIL import Image
 
 from galsae_lake import encoders, standins
+from galsae_lake.encoders import extraction as extract_module
 from galsae_lake.encoders import ENCODERS, extract, load_encoder, save_hub_folder
 from galsae_lake.errors import InputError
 from galsae_lake.lake import Lake, vectors
@@ -135,22 +136,18 @@ def test_shards_merge_into_the_same_embeddings(lake):
         assert plain.exit_code == 0 and plain.output.count("already done") == 2
 
 
-@pytest.mark.slow
-def test_hub_layout_folders_build_the_euclid_architectures(tmp_path):
-    """zoobot-euclid / mae-euclid weights in the hub's file layout load through timm's
-    local-dir source (the hub path reads the same config.json + model.safetensors)."""
-    for name, arch, dim in (("zoobot-euclid", "convnext_nano", 640),
-                            ("mae-euclid", "vit_small_patch8_224", 384)):
-        model = encoders.build_model(ENCODERS[name])
-        folder = tmp_path / name
-        save_hub_folder(model, folder, arch, {}, 224)
-        loaded, info = load_encoder(name, str(folder))
-        assert (info.arch, info.embedding_dim, info.input_size, info.weights) == (arch, dim, 224, "path")
-        assert info.weights_id.startswith("dir:")
-        for key, value in model.state_dict().items():
-            assert torch.equal(loaded.state_dict()[key], value), key
-    _, info = load_encoder("zoobot-euclid", "random")
-    assert info.embedding_dim == 640
+def test_hub_layout_folders_written_here_load_through_local_dir(tmp_path):
+    """save_hub_folder's config.json + model.safetensors load back through timm's local-dir
+    source (the folders timm itself writes, for both Euclid encoders: tests/test_euclid_shapes.py)."""
+    name, arch, dim = "zoobot-euclid", "convnext_nano", 640
+    model = encoders.build_model(ENCODERS[name])
+    folder = tmp_path / name
+    save_hub_folder(model, folder, arch, {}, 224)
+    loaded, info = load_encoder(name, str(folder))
+    assert (info.arch, info.embedding_dim, info.input_size, info.weights) == (arch, dim, 224, "path")
+    assert info.weights_id.startswith("dir:")
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
 
 
 def test_extract_upsamples_small_images_on_the_device_like_resizing_first():
@@ -248,7 +245,12 @@ def test_ingest_parquet_npy_and_hf_store_values_bit_for_bit(lake, tmp_path):
     got = lake.read("embeddings", encoder="mae-euclid", split="train").sort("id_str")
     assert got["id_str"].to_list() == ["g0", "g1", "g2"]
     assert vectors(got).view(np.uint32).tolist() == matrix[:3].view(np.uint32).tolist()
-    assert lake.read("embeddings", encoder="mae-euclid", split="test").height == 3
+    # the inner join (the seed's): x1, not in the catalogue, is left out and counted
+    assert lake.read("embeddings", encoder="mae-euclid", split="test")["id_str"].sort().to_list() \
+        == ["g100", "g101"]
+    assert "5 of 6 ids matched galaxies, 1 did not" in result.output
+    assert lake.partition_info("embeddings", encoder="mae-euclid",
+                               split="test").id_match["unmatched"] == 1
 
 
 def test_bad_ingest_input_is_one_line_and_leaves_the_lake_unchanged(lake, tmp_path):
@@ -352,11 +354,11 @@ def test_embed_streams_in_chunks_with_the_same_result_and_every_corrupt_image_co
         meta = lake.partition_info("embeddings", encoder=tag, split="train")
         assert meta.skipped_corrupt == 4 and meta.corrupt_ids == list(corrupt)
     # a chunk smaller than the batch and pieces smaller than the batch: still the same vectors
-    encoders.PIECE_ROWS, old = 3, encoders.PIECE_ROWS
+    extract_module.PIECE_ROWS, old = 3, extract_module.PIECE_ROWS
     try:
         small = encoders.embed(lake, "zoobot-synth", tag="small", workers=0, chunk_rows=2, **run)
     finally:
-        encoders.PIECE_ROWS = old
+        extract_module.PIECE_ROWS = old
     assert small["splits"]["train"]["rows"] == 16
     c = lake.arrow("embeddings", encoder="small", split="train")
     assert c.column("id_str").to_pylist() == expected

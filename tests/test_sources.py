@@ -253,7 +253,7 @@ def test_ingest_hf_offline_through_load_dataset(tmp_path, hf_folder):
     root = tmp_path / "lake"
     result = run(root, "ingest", "hf", "--dataset", str(folder))
     assert result.exit_code == 0, result.output
-    assert "gz_euclid (train 12, test 5)" in result.output
+    assert "gz_euclid (train 12, test 5; 17 in all)" in result.output
     lake = Lake(root)
     galaxies = lake.read("galaxies").sort("id_str")
     assert sorted(galaxies["id_str"]) == sorted(ids["train"] + ids["test"])  # kept as given, NEG and all

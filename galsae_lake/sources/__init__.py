@@ -3,15 +3,15 @@
 Every source fills the same tables (``galaxies``, ``images``, ``votes`` and, for synthetic data,
 ``truth``). What they share lives here:
 
-- :func:`normalize_id` — the matching form of an ``id_str`` (Euclid catalogues write a negative
-  object id with ``NEG`` in one place and ``-`` in another).
+- :func:`normalize_id` — the matching form of an ``id_str`` (``NEG`` or ``-``, a release prefix
+  or none), defined in :mod:`galsae_lake.sources.ids` with the matching of catalogues to the lake.
 - :func:`votes_long` — a wide Galaxy-Zoo-style frame (one row per galaxy, ``<question>_<answer>``
   count, ``_fraction`` and ``<question>_total-votes`` columns, with or without the ``-euclid``
   suffix) as the long ``votes`` table: ``id_str, question, answer, label, count, total, fraction``.
   Used by the Hugging Face and file ingests and by the synthetic volunteers.
 
 ``galaxies.id_str`` keeps ids exactly as the source gives them; no extra column is stored. Match
-ids across catalogues with :func:`normalize_id` in Python or ``replace(id_str, 'NEG', '-')`` in SQL.
+ids across catalogues with :mod:`galsae_lake.sources.ids` (Python, Polars and SQL forms).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import polars as pl
 
 from galsae_lake import gz
 from galsae_lake.errors import InputError
+from galsae_lake.sources.ids import normalize_id, normalize_id_expr  # noqa: F401 (the one place)
 
 #: the splits the pipeline knows (real gz_euclid has these two)
 SPLITS: tuple[str, ...] = ("train", "test")
@@ -32,20 +33,6 @@ VOTE_COLUMNS = ("id_str", "question", "answer", "label", "count", "total", "frac
 
 #: how far a fraction may stray outside [0, 1] from float rounding before it is an error
 FRACTION_TOLERANCE = 1e-6
-
-
-def normalize_id(id_str: str) -> str:
-    """The matching form of a galaxy id: ``NEG`` stands for ``-`` in Euclid ids.
-
-    ``normalize_id("102020107_NEG570178806082198283") -> "102020107_-570178806082198283"``;
-    ids without ``NEG`` come back unchanged.
-    """
-    return str(id_str).replace("NEG", "-")
-
-
-def normalize_id_expr(column: str = "id_str") -> pl.Expr:
-    """:func:`normalize_id` as a Polars expression (the SQL form is ``replace(id_str, 'NEG', '-')``)."""
-    return pl.col(column).cast(pl.String).str.replace_all("NEG", "-", literal=True)
 
 
 def check_split(split: str, known: Iterable[str] = SPLITS) -> str:

@@ -17,7 +17,8 @@ import polars as pl
 
 from galsae_lake.errors import InputError
 from galsae_lake.lake import check_partition_value
-from galsae_lake.sources import (SPLITS, check_ids, check_split, normalize_id_expr, votes_long)
+from galsae_lake.sources import SPLITS, check_ids, check_split, votes_long
+from galsae_lake.sources.ids import match_ids
 
 NULL_VALUES = ["", "NA", "NaN", "nan", "null", "NULL", "None"]
 
@@ -69,7 +70,7 @@ def ingest_votes(lake, path: str | Path, catalog: str = "volunteers", id_column:
     frame = frame.rename({id_column: "id_str"})
     long = votes_long(frame)  # checks labels and fraction ranges
 
-    unmatched = 0
+    unmatched, id_match = 0, None
     if split is not None:
         assigned = frame.select("id_str", pl.lit(split).alias("_split"))
     elif split_column in frame.columns:
@@ -84,16 +85,15 @@ def ingest_votes(lake, path: str | Path, catalog: str = "volunteers", id_column:
             raise InputError(f"{path} has no split column {split_column!r} and the lake has no "
                              f"galaxies to take splits from; pass --split {'|'.join(SPLITS)}")
         assigned = None
-    # match ids to the lake's spelling (NEG vs -) where the lake knows the galaxy
+    # match ids to the lake's spelling (NEG vs -, a release prefix) where the lake knows the galaxy
     if lake.exists("galaxies"):
-        known = lake.scan("galaxies").select(
-            normalize_id_expr().alias("_norm"), pl.col("id_str").alias("_lake_id"),
-            pl.col("split").alias("_lake_split")).collect()
-        mine = frame.select("id_str", normalize_id_expr().alias("_norm"))
-        repeated = mine.filter(pl.col("_norm").is_duplicated())
-        if repeated.height:
-            raise InputError(f"duplicate id {repeated['id_str'][0]!r} (ids equal once NEG is read as -)")
-        matched = mine.join(known, on="_norm", how="left")
+        known = lake.scan("galaxies").select("id_str", pl.col("split").alias("_lake_split")).collect()
+        try:
+            matched, match = match_ids(frame["id_str"], known)
+        except ValueError as exc:
+            raise InputError(f"duplicate id: {exc}") from None
+        matched = matched.rename({"lake_id": "_lake_id"})
+        id_match = match.as_dict()
         if assigned is None:
             found = matched.filter(pl.col("_lake_id").is_not_null())
             unmatched = matched.height - found.height
@@ -110,11 +110,12 @@ def ingest_votes(lake, path: str | Path, catalog: str = "volunteers", id_column:
     params = {"file": str(Path(path).absolute()), "catalog": catalog, "id_column": id_column,
               "split_column": split_column, "split": split}
     summary: dict[str, Any] = {"catalog": catalog, "rows": long.height, "splits": {},
-                               "unmatched": unmatched}
+                               "unmatched": unmatched, "id_match": id_match}
     with lake.transaction("ingest votes", params, upstream=["galaxies"] if lake.exists("galaxies") else []) as tx:
         for (name,), part in long.partition_by("_split", as_dict=True, maintain_order=True).items():
             tx.write("votes", part.drop("_split"), partition={"catalog": catalog, "split": name},
-                     info={"file": Path(path).name, "unmatched_dropped": unmatched})
+                     info={"file": Path(path).name, "unmatched_dropped": unmatched,
+                           "id_match": id_match})
             summary["splits"][name] = part["id_str"].n_unique()
     summary["galaxies"] = sum(summary["splits"].values())
     return summary

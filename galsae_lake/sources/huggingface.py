@@ -1,8 +1,10 @@
-"""Galaxies, images and volunteer votes from a Hugging Face dataset (``mwalmsley/gz_euclid``).
+"""Galaxies, images and volunteer votes from a Hugging Face dataset (``mwalmsley/gz_euclid``),
+or galaxies and images alone from an image dataset (``mwalmsley/euclid_q1``, configuration
+``v1-gz_arcsinh_vis_y``: the images of the seed's MAE path, ``id_str`` + ``image``).
 
 The dataset is read with ``datasets.load_dataset`` — a hub name, or a local folder of Parquet
 files in the hub's layout (``data/train-*.parquet``, ``data/test-*.parquet``), or a folder
-written by ``save_to_disk`` — and streamed in batches, so the 174k galaxies of gz_euclid never
+written by ``save_to_disk`` — and streamed in batches, so the ~100k galaxies of gz_euclid never
 sit in memory at once: each batch goes straight into the lake's partition writers.
 
 Kept as given: ``id_str`` (match other catalogues with :func:`galsae_lake.sources.normalize_id`)
@@ -95,13 +97,15 @@ def dataset_source(dataset: str) -> str:
 def ingest_hf(lake, dataset: str = "mwalmsley/gz_euclid", config: str | None = None,
               splits: tuple[str, ...] | list[str] = ("train", "test"), limit: int | None = None,
               batch_size: int = 1000, catalog: str = "volunteers", streaming: bool = True,
-              progress: bool = False) -> dict[str, Any]:
+              progress: bool = False, votes: bool = True) -> dict[str, Any]:
     """Stream ``dataset`` into ``galaxies``, ``images`` and ``votes`` (``catalog``), per split.
 
-    ``limit`` caps the rows taken per split. Returns ``{"splits": {split: rows}, "source": ...,
-    "images_missing": n}``. Everything is checked while streaming and written in one
-    transaction: a bad row anywhere (no id, a repeated id, a fraction outside [0, 1]) leaves the
-    lake unchanged.
+    ``limit`` caps the rows taken per split. A dataset with images and no Galaxy Zoo label
+    columns (``euclid_q1``), or ``votes=False``, fills ``galaxies`` and ``images`` only.
+    Returns ``{"splits": {split: rows}, "source": ..., "images_missing": n, "votes": bool}``:
+    the rows counted while streaming, the real sizes. Everything is checked while streaming and
+    written in one transaction: a bad row anywhere (no id, a repeated id, a fraction outside
+    [0, 1]) leaves the lake unchanged.
     """
     import datasets
 
@@ -120,9 +124,12 @@ def ingest_hf(lake, dataset: str = "mwalmsley/gz_euclid", config: str | None = N
         columns = _columns_of(data)
         if ID_COLUMN not in columns:
             raise InputError(f"split {split} of {dataset} has no id column {ID_COLUMN!r}")
-        if not has_labels(columns):
-            raise InputError(f"split {split} of {dataset} has no Galaxy Zoo label columns")
-        label_columns(columns)  # raises on two columns naming the same label
+        labelled = has_labels(columns)
+        if not labelled and IMAGE_COLUMN not in columns:
+            raise InputError(f"split {split} of {dataset} has neither Galaxy Zoo label columns "
+                             f"nor an {IMAGE_COLUMN!r} column")
+        if labelled:
+            label_columns(columns)  # raises on two columns naming the same label
         features = getattr(data, "features", None) or {}
         if isinstance(features.get(IMAGE_COLUMN), datasets.Image):
             # keep the stored bytes: no decode / re-encode round trip
@@ -130,19 +137,23 @@ def ingest_hf(lake, dataset: str = "mwalmsley/gz_euclid", config: str | None = N
         if limit is not None:
             data = data.take(limit) if hasattr(data, "take") else data.select(range(min(limit, len(data))))
         position = next(((a, b) for a, b in POSITION_COLUMNS if a in columns and b in columns), None)
+        with_votes = votes and labelled
         wanted = [c for c in columns if c == ID_COLUMN or c in (position or ())
-                  or (c != IMAGE_COLUMN and _is_label(c))]
-        plans[split] = (data, wanted, position, IMAGE_COLUMN in columns)
+                  or (with_votes and c != IMAGE_COLUMN and _is_label(c))]
+        plans[split] = (data, wanted, position, IMAGE_COLUMN in columns, with_votes)
 
-    params = {"dataset": dataset, "config": config, "splits": splits, "limit": limit}
-    summary: dict[str, Any] = {"source": source, "splits": {}, "images_missing": 0}
+    params = {"dataset": dataset, "config": config, "splits": splits, "limit": limit,
+              "votes": votes}
+    summary: dict[str, Any] = {"source": source, "splits": {}, "images_missing": 0,
+                               "votes": any(plan[4] for plan in plans.values())}
     seen: set[str] = set()
     with lake.transaction("ingest hf", params, upstream=[]) as tx:
-        for split, (data, wanted, position, has_image) in plans.items():
+        for split, (data, wanted, position, has_image, with_votes) in plans.items():
             info = {"dataset": dataset, "config": config}
             galaxies = tx.writer("galaxies", {"split": split}, info=info)
             images = tx.writer("images", {"split": split}, info=info) if has_image else None
-            votes = tx.writer("votes", {"catalog": catalog, "split": split}, info=info)
+            votes_out = (tx.writer("votes", {"catalog": catalog, "split": split}, info=info)
+                         if with_votes else None)
             rows = missing = 0
             batches = data.iter(batch_size=batch_size)
             if progress:
@@ -158,7 +169,8 @@ def ingest_hf(lake, dataset: str = "mwalmsley/gz_euclid", config: str | None = N
                 dec = frame[position[1]].cast(pl.Float64) if position else pl.Series([None] * frame.height, dtype=pl.Float64)
                 galaxies.write(pl.DataFrame({"id_str": ids, "source": [source] * frame.height,
                                              "ra": ra, "dec": dec}))
-                votes.write(votes_long(frame))
+                if votes_out is not None:
+                    votes_out.write(votes_long(frame))
                 if images is not None:
                     blobs = [_image_bytes(v) for v in batch[IMAGE_COLUMN]]
                     keep = [i for i, blob in enumerate(blobs) if blob is not None]
@@ -170,7 +182,8 @@ def ingest_hf(lake, dataset: str = "mwalmsley/gz_euclid", config: str | None = N
             if rows == 0:
                 raise InputError(f"split {split} of {dataset} has no rows")
             galaxies.close()
-            votes.close()
+            if votes_out is not None:
+                votes_out.close()
             if images is not None:
                 if images.rows:
                     images.info["images_missing"] = missing

@@ -12,8 +12,16 @@ Two sources, one validation:
 
 float32 values are stored bit-for-bit (other float types are rounded to float32, and the summary
 says so). Refused with one line, the lake unchanged: NaN or inf, duplicate or missing ids, vectors
-of different lengths, a dimension that differs from rows the same encoder already has. ids absent
-from the ``galaxies`` catalogue are allowed, counted and reported.
+of different lengths, a dimension that differs from rows the same encoder already has.
+
+Ids are matched to the ``galaxies`` catalogue in their normal form
+(:mod:`galsae_lake.sources.ids`: ``NEG`` or ``-``, with or without a release prefix) and stored
+in the catalogue's spelling. ``join="inner"`` (the default of ``ingest hf-embeddings``, as the
+seed inner-joins ``euclid_q1_embeddings`` to ``euclid_q1`` on ``id_str`` split by split) keeps
+only the galaxies the catalogue has in the same split; ``join="all"`` (the default of
+``ingest embeddings``) keeps every row. Either way the counts of matched and unmatched ids are
+printed and kept in the partitions' sidecar (``id_match``), and an inner join that matches
+nothing is an error, never an empty table.
 """
 
 from __future__ import annotations
@@ -23,12 +31,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from galsae_lake.errors import InputError
 from galsae_lake.lake import check_partition_value
+from galsae_lake.sources.ids import match_ids
+
+#: what ``join`` may be: keep every row, or only the galaxies of the catalogue (same split)
+JOINS = ("all", "inner")
 
 
 def _numeric_values(values: pa.Array, where: str) -> tuple[pa.Array, str | None]:
@@ -89,12 +102,56 @@ def _check_finite(vectors: pa.FixedSizeListArray, ids: list[str], where: str) ->
         raise InputError(f"{where}: {len(bad)} vectors contain NaN or inf (first: id {ids[bad[0]]})")
 
 
+def _join_catalogue(lake, table: pa.Table, ids: list[str], join: str, where: str, log):
+    """Match ids to ``galaxies`` (normal form), respell them as the lake does and, for an inner
+    join, keep the rows whose galaxy is in the same split. Returns (table, ids, id_match dict)."""
+    if join not in JOINS:
+        raise InputError(f"join {join!r}: use one of {', '.join(JOINS)}")
+    if not lake.exists("galaxies"):
+        if join == "inner":
+            raise InputError(f"{where}: the lake has no galaxies to join the embeddings to (run "
+                             f"galsae-lake ingest hf first, or keep every row with --join all)")
+        log("no galaxies table to check the ids against")
+        return table, ids, None
+    known = lake.scan("galaxies").select("id_str", pl.col("split").alias("_lake_split")).collect()
+    try:
+        joined, match = match_ids(pl.Series(ids, dtype=pl.String), known)
+    except ValueError as exc:
+        raise InputError(f"{where}: {exc}") from None
+    record = match.as_dict()
+    log(match.line("embeddings"))
+    lake_ids = joined["lake_id"]
+    if join == "inner":
+        splits = table.column("split").to_pylist()
+        keep = (lake_ids.is_not_null() & (joined["_lake_split"] == pl.Series(splits))).fill_null(False)
+        other = match.matched - int(keep.sum())
+        record["other_split"] = other
+        if other:
+            log(f"{other} matched ids are in another split of galaxies: left out, as the seed's "
+                f"split-by-split join does")
+        if not keep.any():
+            first = ids[0]
+            raise InputError(f"{where}: none of the {len(ids)} ids matches a galaxy of the same "
+                             f"split in the lake (first: {first!r}); check the dataset pairs with "
+                             f"the galaxies ingested")
+        mask = pa.array(keep.to_list())
+        table = table.filter(mask)
+        lake_ids = lake_ids.filter(keep)
+        ids = [i for i, k in zip(ids, keep.to_list()) if k]
+        record["kept"] = len(ids)
+    respelled = [lake if lake is not None else mine for mine, lake in zip(ids, lake_ids.to_list())]
+    return table, respelled, record
+
+
 def store_embeddings(lake, table: pa.Table, encoder: str, command: str,
-                     parameters: dict[str, Any], source: str, log=print) -> dict[str, Any]:
+                     parameters: dict[str, Any], source: str, log=print,
+                     join: str = "all") -> dict[str, Any]:
     """Validate ``table`` (id_str, split, embedding) and write it as ``embeddings`` partitions.
 
     Everything is checked before anything is written; all splits land in one transaction.
-    Returns ``{"encoder", "rows", "dim", "splits": {split: rows}, "absent_from_catalogue"}``.
+    ``join``: ``all`` keeps every row, ``inner`` only the galaxies in the same split of the
+    lake's catalogue (see the module's docstring). Returns ``{"encoder", "rows", "dim",
+    "splits": {split: rows}, "absent_from_catalogue", "id_match"}``.
     """
     import pyarrow.parquet as pq
 
@@ -106,6 +163,7 @@ def store_embeddings(lake, table: pa.Table, encoder: str, command: str,
     if not all(isinstance(i, str) for i in ids if i is not None):
         ids = [None if i is None else str(i) for i in ids]
     _check_ids(ids, where)
+    table, ids, id_match = _join_catalogue(lake, table, ids, join, where, log)
     vectors, rounded = normalize_vectors(table.column("embedding"), ids, where)
     _check_finite(vectors, ids, where)
     splits = table.column("split").to_pylist()
@@ -123,10 +181,7 @@ def store_embeddings(lake, table: pa.Table, encoder: str, command: str,
         if have != dim:
             raise InputError(f"{where}: vectors are {dim}-d but encoder {encoder} already has "
                              f"{have}-d embeddings (split {part['split']}); use another --encoder name")
-    absent = None
-    if lake.exists("galaxies"):
-        known = set(lake.arrow("galaxies", columns=["id_str"]).column("id_str").to_pylist())
-        absent = sum(1 for i in ids if i not in known)
+    absent = None if id_match is None else id_match["unmatched"]
     clean = pa.table({"id_str": pa.array(ids, pa.string()), "split": pa.array(splits, pa.string()),
                       "embedding": vectors})
     counts: dict[str, int] = {}
@@ -134,19 +189,17 @@ def store_embeddings(lake, table: pa.Table, encoder: str, command: str,
         for split in sorted(replaced):
             part = clean.filter(pc.equal(clean.column("split"), split)).drop_columns(["split"])
             info = {"source": source, "embedding_dim": dim, "weights": "ingested",
-                    "absent_from_catalogue": absent, "rounded_from": rounded}
+                    "absent_from_catalogue": absent, "rounded_from": rounded, "id_match": id_match}
             tx.write("embeddings", part, partition={"encoder": encoder, "split": split}, info=info)
             counts[split] = part.num_rows
     for split, rows in counts.items():
         log(f"embeddings {encoder}/{split}: {rows} rows, {dim}-d, from {source}")
     if rounded:
         log(f"values were {rounded}, stored rounded to float32")
-    if absent is None:
-        log("no galaxies table to check the ids against")
-    elif absent:
+    if absent and join == "all":
         log(f"{absent} of {len(ids)} ids are not in the galaxies catalogue (kept)")
     return {"encoder": encoder, "rows": len(ids), "dim": dim, "splits": counts,
-            "absent_from_catalogue": absent, "rounded_from": rounded}
+            "absent_from_catalogue": absent, "rounded_from": rounded, "id_match": id_match}
 
 
 def _split_for(lake, ids: list[str], split: str | None, where: str) -> list[str]:
@@ -230,19 +283,24 @@ def _sibling_ids(path: Path) -> Path | None:
 def ingest_embeddings(lake, path: str | Path, encoder: str, column: str = "embedding",
                       id_column: str = "id_str", split_column: str | None = "split",
                       split: str | None = None, ids: str | Path | None = None,
-                      log=print) -> dict[str, Any]:
+                      log=print, join: str = "all") -> dict[str, Any]:
     """Read a Parquet/.npy embeddings file and store it as ``embeddings`` for ``encoder``."""
     table = read_embeddings_file(lake, path, column, id_column, split_column, split, ids)
     params = {"file": str(path), "encoder": encoder, "column": column, "id_column": id_column,
-              "split_column": split_column, "split": split}
-    return store_embeddings(lake, table, encoder, "ingest embeddings", params, str(path), log)
+              "split_column": split_column, "split": split, "join": join}
+    return store_embeddings(lake, table, encoder, "ingest embeddings", params, str(path), log,
+                            join=join)
 
 
 def ingest_hf_embeddings(lake, dataset: str, column: str, encoder: str,
                          config: str | None = None, splits: Sequence[str] | None = None,
                          limit: int | None = None, id_column: str = "id_str",
-                         log=print) -> dict[str, Any]:
-    """Read precomputed embeddings from a Hugging Face dataset (hub name or a saved folder)."""
+                         log=print, join: str = "inner") -> dict[str, Any]:
+    """Read precomputed embeddings from a Hugging Face dataset (hub name or a saved folder).
+
+    The shape of ``mwalmsley/euclid_q1_embeddings``: splits train and test, ``id_str`` and
+    ``pooled_features_block_{0,9,10,11}`` (lists of 384 float32). ``join="inner"`` keeps the
+    galaxies of the lake's catalogue, split by split, as the seed does."""
     import datasets
 
     try:
@@ -280,6 +338,7 @@ def ingest_hf_embeddings(lake, dataset: str, column: str, encoder: str,
             "embedding": arrow.column(column)}))
     table = pa.concat_tables(parts, promote_options="permissive")
     params = {"dataset": dataset, "config": config, "column": column, "splits": wanted,
-              "limit": limit}
+              "limit": limit, "join": join}
     source = f"{dataset}{'/' + config if config else ''}:{column}"
-    return store_embeddings(lake, table, encoder, "ingest hf-embeddings", params, source, log)
+    return store_embeddings(lake, table, encoder, "ingest hf-embeddings", params, source, log,
+                            join=join)
