@@ -18,6 +18,7 @@ journal, so a commit that dies half way is rolled forward by the next writer.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -54,6 +55,8 @@ JOURNAL = "_journal.json"
 MODELS = "models"
 ENV_ROOT = "GALSAE_LAKE"
 ENV_LOCK_TIMEOUT = "GALSAE_LOCK_TIMEOUT"
+#: flock's answers where the filesystem cannot lock (not "someone holds it")
+UNLOCKABLE_ERRNOS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL)
 DEFAULT_ROOT = "lake"
 
 _PARTITION_VALUE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
@@ -516,6 +519,14 @@ class Lake:
                     print(f"waiting for the lake lock held by {holder} ...", file=sys.stderr)
                     told = True
                 time.sleep(0.05)
+            except OSError as exc:  # no flock here (some NFSv3/SMB/FUSE mounts): never write unlocked
+                if exc.errno not in UNLOCKABLE_ERRNOS:
+                    raise
+                handle.close()
+                raise LakeError(
+                    f"the lake {self.root} is on a filesystem without flock locks "
+                    f"({errno.errorcode.get(exc.errno, exc.errno)}); put the lake on a local disk, "
+                    f"NFSv4 or Lustre mounted with -o flock (see docs/engines.md)") from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()} ({' '.join(sys.argv[:2]) or 'python'}, since "
