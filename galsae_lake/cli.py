@@ -279,11 +279,17 @@ def train_sae_command(ctx: click.Context, encoder: str, config_path: str | None,
 
     Writes sae_runs, sae_training_log, sae_activations (every split) and sae_features, and the
     checkpoint folder models/sae/RUN_ID (model.safetensors + config.json). Prints the run id.
+    Under torchrun or srun (N processes) it trains one run data parallel; rank 0 writes it.
     """
     from galsae_lake.train import train_sae
 
+    from galsae_lake.distributed import world_from_env
+
     run = train_sae(lake_of(ctx), encoder, split=split, config_path=config_path,
                     overrides=list(overrides), progress=not quiet, threads=threads)
+    world = world_from_env()
+    if world is not None and not world.is_main:
+        return  # under torchrun/srun rank 0 writes the lake and prints the run
     m = run.metrics
     click.echo(f"fvu {m['fvu']:.4f} on {m['split']}, L0 {m['l0']:.1f}, dead "
                f"{m['dead_fraction']:.3f}, threshold {m['threshold']:.4f}", err=True)

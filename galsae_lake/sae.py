@@ -427,9 +427,12 @@ class StepOutput(NamedTuple):
     l0: float
     min_kept: torch.Tensor
     fired: torch.Tensor  # bool [latents]
+    nnz: int = 0          # kept codes (data parallel: this rank's)
+    batch_total: int = 0  # rows the losses are divided by (data parallel: the global batch)
 
 
-def sparse_loss_and_grads(model: MatryoshkaSAE, x: torch.Tensor) -> StepOutput:
+def sparse_loss_and_grads(model: MatryoshkaSAE, x: torch.Tensor, group=None,
+                          batch_total: int | None = None) -> StepOutput:
     """One training step's loss and gradients (set on ``.grad``) for normalized ``x``.
 
     The same function as the seed's forward + backward (tests check it against
@@ -440,18 +443,25 @@ def sparse_loss_and_grads(model: MatryoshkaSAE, x: torch.Tensor) -> StepOutput:
     are dense.
 
     Returns a :class:`StepOutput`.
+
+    Data parallel (:mod:`galsae_lake.distributed`): ``x`` is this rank's slice of a global batch
+    of ``batch_total`` rows and ``group`` a :class:`~galsae_lake.distributed.RankGroup`; the
+    BatchTopK and auxiliary thresholds are the global batch's, and the losses and gradients
+    returned are this rank's shares (divided by the global batch) for the caller to sum.
     """
     cfg = model.config
     B, d = x.shape
+    Bt = B if group is None else batch_total  # the (global) batch the losses are divided by
     L, G = model.total_dict_size, len(model.group_sizes)
     W_enc, b_enc, W_dec, b_dec = model.W_enc, model.b_enc, model.W_dec, model.b_dec
     with torch.no_grad():
         c = x - b_dec
         pre = torch.addmm(b_enc, c, W_enc)
         flat = pre.view(-1)
-        n_keep = min(cfg.top_k * B, flat.numel())
+        n_keep = min(cfg.top_k * Bt, Bt * L)
         # BatchTopK on the pre-activations: the same kept set as on ReLU(pre), minus non-positives
-        z, idx = _batch_topk(model, flat, n_keep)  # idx ascending: (row, group) bags in order
+        z, idx = (_batch_topk(model, flat, n_keep) if group is None  # idx ascending: (row, group)
+                  else group.batch_topk(flat, n_keep))               # bags in order
         if not bool(z.gt(0).all()):  # fewer positive activations than top_k * batch
             positive = z > 0
             idx, z = idx[positive], z[positive]
@@ -466,12 +476,13 @@ def sparse_loss_and_grads(model: MatryoshkaSAE, x: torch.Tensor) -> StepOutput:
         err[:, 0] += b_dec - x
         for g in range(1, G):
             err[:, g] += err[:, g - 1]
-        mse = err.square().mean()  # torch's cascaded sum, as the seed's per-level means
-        l1 = cfg.l1_coeff * z.sum() / B
+        mse = (err.square().mean() if group is None  # torch's cascaded sum, as the seed's
+               else err.square().sum() / (Bt * G * d))  # per-level means
+        l1 = cfg.l1_coeff * z.sum() / Bt
         err_last = err[:, -1].clone()  # x - recon = -E_last, for the auxiliary loss
         # gradient of the mean over levels of each level's mean squared error; group g feeds
         # every level >= g, so its gradient is a reverse cumulative sum (in place)
-        d_contrib = err.mul_(2.0 / (G * B * d))
+        d_contrib = err.mul_(2.0 / (G * Bt * d))
         for g in range(G - 2, -1, -1):
             d_contrib[:, g] += d_contrib[:, g + 1]
         grad_b_dec = d_contrib[:, 0].sum(0)
@@ -485,7 +496,7 @@ def sparse_loss_and_grads(model: MatryoshkaSAE, x: torch.Tensor) -> StepOutput:
         # d loss / d code = <d_contrib[bag], W_dec[latent]> (+ L1), sampled where codes are kept
         A_t = _csr(crow_t, rg_t, z_t, size=(L, B * G))
         grad_z_t = torch.sparse.sampled_addmm(A_t, W_dec, d_contrib.t(), beta=0.0).values()
-        grad_z_t = grad_z_t + cfg.l1_coeff / B
+        grad_z_t = grad_z_t + cfg.l1_coeff / Bt
         grad_W_dec = F.embedding_bag(rg_t, d_contrib, crow_t[:-1], mode="sum",
                                      per_sample_weights=z_t)
         grad_W_enc_t = F.embedding_bag(rows_t, c, crow_t[:-1], mode="sum",
@@ -498,18 +509,24 @@ def sparse_loss_and_grads(model: MatryoshkaSAE, x: torch.Tensor) -> StepOutput:
             residual = -err_last
             dead_acts = pre[:, dead_cols].clamp_(min=0)
             dflat = dead_acts.reshape(-1)
-            n_aux = min(cfg.top_k * cfg.aux_k_multiplier * B, dflat.numel())
-            t_val, t_idx = torch.kthvalue(dflat, dflat.numel() - n_aux + 1)
+            n_aux = min(cfg.top_k * cfg.aux_k_multiplier * Bt, Bt * dead_cols.numel())
+            if group is None:
+                t_val, t_idx = torch.kthvalue(dflat, dflat.numel() - n_aux + 1)
+            else:  # the global batch's threshold; t_idx None where another rank holds it
+                t_val, t_idx = group.kth_largest(dflat, n_aux)
             shifted = dead_acts - t_val
             above = shifted > 0
             acts_aux = shifted.clamp_(min=0)
             W_dead = W_dec[dead_cols]
             r_aux = acts_aux @ W_dead - residual
-            aux = cfg.aux_penalty * r_aux.pow(2).mean()
-            d_r = r_aux.mul_(2.0 * cfg.aux_penalty / (B * d))
+            aux = cfg.aux_penalty * (r_aux.pow(2).mean() if group is None
+                                     else r_aux.pow(2).sum() / (Bt * d))
+            d_r = r_aux.mul_(2.0 * cfg.aux_penalty / (Bt * d))
             grad_W_dec.index_add_(0, dead_cols, acts_aux.t() @ d_r)
             g = (d_r @ W_dead.t()).mul_(above)
-            g.view(-1)[t_idx] -= g.sum()  # the threshold is itself one of the activations
+            g_sum = g.sum() if group is None else group.sum_(g.sum())
+            if t_idx is not None:
+                g.view(-1)[t_idx] -= g_sum  # the threshold is itself one of the activations
             g.mul_(dead_acts > 0)  # ReLU
             grad_W_enc_t.index_add_(0, dead_cols, g.t() @ c)
             grad_b_enc.index_add_(0, dead_cols, g.sum(0))
@@ -520,8 +537,11 @@ def sparse_loss_and_grads(model: MatryoshkaSAE, x: torch.Tensor) -> StepOutput:
         model.b_dec.grad = grad_b_dec
         fired = counts > 0
         loss = mse + l1 + aux
-    return StepOutput(loss, mse, l1, aux, nnz / B,
-                      z.min() if nnz else torch.zeros((), device=x.device), fired)
+        min_kept = z.min() if nnz else torch.zeros((), device=x.device)
+        if group is not None:  # the global smallest kept code
+            min_kept = group.min(z.min() if nnz else torch.tensor(float("inf"), device=x.device))
+            min_kept = min_kept if bool(torch.isfinite(min_kept)) else torch.zeros_like(min_kept)
+    return StepOutput(loss, mse, l1, aux, nnz / B, min_kept, fired, nnz, Bt)
 
 
 def _batch_topk(model: MatryoshkaSAE, flat: torch.Tensor, n_keep: int):

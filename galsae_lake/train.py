@@ -30,6 +30,7 @@ import pyarrow as pa
 import torch
 from tqdm.auto import tqdm
 
+from galsae_lake.distributed import RankGroup, init_process_group, shutdown, world_from_env
 from galsae_lake.errors import InputError, LakeError
 from galsae_lake.lake import Lake, short_id, vectors
 from galsae_lake.sae import (NORM_EPS, MatryoshkaSAE, SAEConfig, StepOutput, encode_embeddings,
@@ -82,13 +83,15 @@ def epoch_order(n: int, generator: torch.Generator) -> torch.Tensor:
 def train_model(X: np.ndarray, config: SAEConfig, progress: bool = True,
                 device: str | torch.device | None = None,
                 on_step: Callable[[int, StepOutput], None] | None = None,
-                ) -> tuple[MatryoshkaSAE, list[dict], dict]:
+                group=None) -> tuple[MatryoshkaSAE, list[dict], dict]:
     """Train an SAE on raw embeddings ``X`` [rows x input_dim] (the training split).
 
     Returns the model (eval mode, normalization and threshold set), the training-log rows and
     timing stats. Batches are slices of one tensor already on the device, in the same order
     as the seed's DataLoader with the same seed; deterministic on CPU. ``on_step(step, out)``
-    is called after every optimizer step (benchmarks time it).
+    is called after every optimizer step (benchmarks time it). ``group``: a
+    :class:`~galsae_lake.distributed.RankGroup` to train data parallel (every rank passes the
+    same ``X`` and takes its slice of each global batch; see :mod:`galsae_lake.distributed`).
     """
     config = dataclasses.replace(config, group_sizes=list(config.group_sizes))
     if config.input_dim is None:
@@ -99,6 +102,8 @@ def train_model(X: np.ndarray, config: SAEConfig, progress: bool = True,
     model = MatryoshkaSAE(config)
     fit_normalization(model, X)
     model.to(device)
+    if group is not None:
+        group.broadcast_model(model)
     data = model.normalize(torch.tensor(np.asarray(X, dtype=np.float32), device=device))
     n = data.shape[0]
     optimizer, scheduler = make_optimizer(model, config)
@@ -117,8 +122,13 @@ def train_model(X: np.ndarray, config: SAEConfig, progress: bool = True,
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
                    disable=not progress, file=sys.stderr, mininterval=0.5)
         for b in bar:
-            x = data[order[b * config.batch_size:(b + 1) * config.batch_size]]
-            out = sparse_loss_and_grads(model, x)
+            rows = order[b * config.batch_size:(b + 1) * config.batch_size]
+            if group is None:
+                out = sparse_loss_and_grads(model, data[rows])
+            else:  # this rank's slice of the global batch; gradients summed over the ranks
+                out = sparse_loss_and_grads(model, data[rows.tensor_split(group.size)[group.rank]],
+                                            group=group, batch_total=len(rows))
+                out = group.reduce_step(model, out)
             model.make_decoder_weights_and_grad_unit_norm()
             optimizer.step()
             model.update_inactive_features(out.fired)
@@ -285,7 +295,25 @@ def train_sae(lake: Lake, encoder: str, config: SAEConfig | None = None, split: 
                          "an SAE needs at least 2")
     resolve_device(config.device)
     run_id = run_id_for(encoder, config, split, ids, X)
-    model, log, timing = train_model(X, config, progress=progress)
+    world = world_from_env()
+    if world is None or world.world_size == 1:
+        model, log, timing = train_model(X, config, progress=progress)
+        world_size = 1
+    else:  # torchrun / srun: data parallel; rank 0 alone evaluates and writes the lake
+        if config.batch_size < world.world_size:
+            raise InputError(f"batch_size={config.batch_size} is smaller than the "
+                             f"{world.world_size} ranks; each rank needs rows of every batch")
+        device = init_process_group(world, config.device)
+        try:
+            model, log, timing = train_model(X, config, progress=progress and world.is_main,
+                                             device=device, group=RankGroup(world))
+        finally:
+            shutdown()
+        if not world.is_main:
+            return TrainedSAE(run_id, encoder, config, {"world_size": world.world_size,
+                                                        "rank": world.rank},
+                              lake.model_dir("sae", run_id))
+        world_size = world.world_size
     eval_split = "test" if "test" in splits and split != "test" else split
     metrics = {"split": eval_split, **evaluate(model, splits[eval_split][1])}
     with lake.transaction("train-sae", {"encoder": encoder, "split": split,
@@ -306,7 +334,7 @@ def train_sae(lake: Lake, encoder: str, config: SAEConfig | None = None, split: 
             "dead_fraction_training": float(log[-1]["dead_fraction"]) if log else 0.0,
             "threshold": float(model.threshold),
             "n_train": int(len(X)), "n_test": int(len(splits[eval_split][1])),
-            "normalization": split, "train_split": split, **timing,
+            "normalization": split, "train_split": split, "world_size": world_size, **timing,
         })
         group = np.repeat(np.arange(len(config.group_sizes)), config.group_sizes)
         with np.errstate(invalid="ignore", divide="ignore"):
