@@ -419,18 +419,28 @@ def demo(ctx: click.Context, n: int, seed: int, formats: tuple[str, ...], quiet:
               help="Store under this encoder name [default: --encoder, plus -blockN or -head "
                    "when --features is not the encoder's default].")
 @click.option("--force", is_flag=True, help="Recompute splits already embedded with these weights.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this process and its decoding workers; ray: a Ray Data pipeline "
+                   "(pip install 'galsae-lake[ray]').")
+@click.option("--ray-address", default=None,
+              help="With --engine ray: the cluster to join (e.g. ray://head:10001 or auto) "
+                   "[default: start a local one].")
 @quiet_option
 @click.pass_context
 def embed(ctx, encoder, weights, splits, batch_size, device, shard, workers, precision, features,
-          tag, force, quiet):
-    """Embed the images table into the embeddings table (one partition per encoder and split)."""
+          tag, force, engine, ray_address, quiet):
+    """Embed the images table into the embeddings table (one partition per encoder and split).
+
+    With --engine ray, Ray Data decodes in tasks and encodes in an actor pool (one GPU per
+    actor); this process alone writes the lake, one transaction per split.
+    """
     from galsae_lake.encoders import embed as run_embed
 
     summary = run_embed(lake_of(ctx), encoder, weights=weights,
                         splits=list(splits) if splits else None, batch_size=batch_size,
                         device=device, shard=shard, workers=workers, precision=precision,
                         force=force, tag=tag, progress=not quiet, log=echo_err,
-                        features=features)
+                        features=features, engine=engine, ray_address=ray_address)
     click.echo(f"embeddings encoder={summary['encoder']}")
 
 

@@ -56,7 +56,8 @@ def embed(lake, encoder: str, weights: str | None = None, splits: Sequence[str] 
           batch_size: int | None = None, device: str | None = None, shard: str | None = None,
           workers: int | None = None, precision: str = "auto", force: bool = False,
           tag: str | None = None, progress: bool = True, log=print,
-          chunk_rows: int | None = None, features: str | int | None = None) -> dict[str, Any]:
+          chunk_rows: int | None = None, features: str | int | None = None,
+          engine: str = "local", ray_address: str | None = None) -> dict[str, Any]:
     """Embed the ``images`` table with ``encoder`` into ``embeddings`` (partition encoder, split).
 
     One transaction per split, so a run that stops keeps the splits already done; a split already
@@ -69,6 +70,8 @@ def embed(lake, encoder: str, weights: str | None = None, splits: Sequence[str] 
     ``features`` chooses the embedding (``head`` or ``pooled_features_block_N``; default: the
     encoder's own, block 11 for ``mae-euclid``); another choice than the default is stored
     under its own tag (``mae-euclid-block9``, ``zoobot-euclid-head``...) unless ``tag`` is given.
+    ``engine="ray"`` runs the extraction as a Ray Data pipeline (:mod:`galsae_lake.ray_engine`)
+    on the cluster at ``ray_address`` (else a local one); the driver writes, as above.
     Returns a summary dict (encoder, weights, per-split rows, skipped corrupt images, images/s).
     """
     if not lake.exists("images"):
@@ -85,6 +88,13 @@ def embed(lake, encoder: str, weights: str | None = None, splits: Sequence[str] 
 
     check_partition_value("encoder", tag)
     sharding = parse_shard(shard)
+    if engine not in ("local", "ray"):
+        raise InputError(f"--engine {engine}: use local or ray")
+    if engine == "ray" and sharding:
+        raise InputError("--shard is for the local engine on several machines; --engine ray "
+                         "spreads one run over the Ray cluster itself")
+    if ray_address and engine != "ray":
+        raise InputError("--ray-address needs --engine ray")
     available = [p["split"] for p in lake.partitions("images")]
     wanted = list(splits) if splits else available
     missing = [s for s in wanted if s not in available]
@@ -92,6 +102,19 @@ def embed(lake, encoder: str, weights: str | None = None, splits: Sequence[str] 
         raise InputError(f"images has no split {', '.join(missing)} (splits: {', '.join(available)})")
     model, info = load_encoder(encoder, weights, lake, features)
     _check_dim(lake, tag, info.embedding_dim)
+    if engine == "ray":
+        from galsae_lake.ray_engine import RaySession
+
+        with RaySession(ray_address):
+            return _embed_splits(lake, encoder, model, info, tag, wanted, sharding, shard, force,
+                                 batch_size, device, workers, precision, chunk_rows, progress,
+                                 log, engine)
+    return _embed_splits(lake, encoder, model, info, tag, wanted, sharding, shard, force,
+                         batch_size, device, workers, precision, chunk_rows, progress, log, engine)
+
+
+def _embed_splits(lake, encoder, model, info, tag, wanted, sharding, shard, force, batch_size,
+                  device, workers, precision, chunk_rows, progress, log, engine):
     summary = {"encoder": tag, "weights": info.weights, "weights_id": info.weights_id,
                "embedding_dim": info.embedding_dim, "features": info.features, "splits": {}}
     for split in wanted:
@@ -117,14 +140,15 @@ def embed(lake, encoder: str, weights: str | None = None, splits: Sequence[str] 
             continue
         rows, corrupt, rate, stream = _embed_split(
             lake, model, info, split, table, partition, sharding, batch_size, device, workers,
-            precision, chunk_rows, f"embed {tag}/{split}" if progress else False, log,
+            precision, chunk_rows, f"embed {tag}/{split}" if progress else False, log, engine,
             meta={**key, "encoder_name": encoder, "weights": info.weights, "arch": info.arch,
                   "embedding_dim": info.embedding_dim},
             params={"encoder": encoder, "weights": info.weights_id, "split": split, "tag": tag,
                     "shard": shard, "features": info.features})
         log(f"embeddings {tag}/{split}{' shard ' + shard if sharding else ''}: "
             f"{rows} rows, {info.embedding_dim}-d {info.features}, {corrupt} corrupt skipped, "
-            f"{rate:.3g} images/s ({stream.device}, {stream.precision}, batch {stream.batch_size})")
+            f"{rate:.3g} images/s ({stream.device}, {stream.precision}, batch {stream.batch_size}"
+            f"{', ray, %d actors' % stream.workers if engine == 'ray' else ''})")
         summary["splits"][split] = {"rows": rows, "skipped_corrupt": corrupt, "images_per_s": rate}
         if sharding:
             _merge_shards(lake, tag, split, sharding[1], key, summary, log)
@@ -147,7 +171,7 @@ def _image_chunks(parquet, mask: np.ndarray | None, chunk_rows: int):
 
 def _embed_split(lake, model, info: EncoderInfo, split: str, table: str, partition: dict,
                  sharding, batch_size, device, workers, precision, chunk_rows, progress, log,
-                 meta: dict, params: dict):
+                 engine: str, meta: dict, params: dict):
     """Stream one split's images through the encoder into ``table`` in one transaction.
 
     Memory holds the ids, one chunk of image bytes, the tasks in flight and 32 batches of
@@ -166,8 +190,13 @@ def _embed_split(lake, model, info: EncoderInfo, split: str, table: str, partiti
     first = next(_image_chunks(parquet, mask, 256), (None, []))[1]
     size = _load_size(first, info.input_size) if len(first) else info.input_size
     del first
-    stream = ExtractionStream(model, info, _image_chunks(parquet, mask, chunk_rows or CHUNK_ROWS),
-                              n, size, batch_size, device, workers, precision, progress)
+    if engine == "ray":
+        from galsae_lake.ray_engine import RayStream
+
+        stream = RayStream(model, info, path, ids, size, batch_size, device, precision, progress)
+    else:
+        stream = ExtractionStream(model, info, _image_chunks(parquet, mask, chunk_rows or CHUNK_ROWS),
+                                  n, size, batch_size, device, workers, precision, progress)
     corrupt_ids: list[str] = []
     corrupt, shown = 0, []
     with lake.transaction("embed", params, upstream=["images"]) as tx:
@@ -191,7 +220,7 @@ def _embed_split(lake, model, info: EncoderInfo, split: str, table: str, partiti
             raise InputError(f"images/split={split}: no image could be decoded ({corrupt} corrupt)")
         rate = (writer.rows + corrupt) / max(stream.seconds, 1e-9)
         writer.info.update({"skipped_corrupt": corrupt, "corrupt_ids": corrupt_ids,
-                            "precision": stream.precision, "device": stream.device,
+                            "engine": engine, "precision": stream.precision, "device": stream.device,
                             "batch_size": stream.batch_size, "images_per_s": round(rate, 1)})
         writer.close()
     return writer.rows, corrupt, rate, stream
