@@ -394,6 +394,34 @@ def demo(ctx: click.Context, n: int, seed: int, formats: tuple[str, ...], quiet:
     click.echo(format_summary(result))
 
 
+# ---- export ----
+@main.group(cls=Group, epilog=example("galsae-lake export hats --help"))
+def export():
+    """Export lake results for other tools (a HATS catalogue for LSDB)."""
+
+
+@export.command("hats", epilog=example(
+    "galsae-lake export hats --model sae-zoobot-synth-9a1f36 --out /tmp/galsae-hats"))
+@click.option("--model", "model_id", required=True, help="An SAE run id (or a pca id).")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="The catalogue folder [default: <lake>/hats/MODEL].")
+@click.option("--top", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Strongest SAE features kept per galaxy.")
+@click.option("--pca", default="auto", show_default=True,
+              help="PCA scores to add: a pca id, auto (the newest of the encoder) or none.")
+@click.pass_context
+def export_hats_command(ctx, model_id, out, top, pca):
+    """A HATS catalogue (HEALPix-partitioned Parquet) of the galaxies with positions, their top
+    SAE features and PCA scores, for cross-matching with lsdb (pip install 'galsae-lake[hats]')."""
+    from galsae_lake.export_hats import export_hats
+
+    done = export_hats(lake_of(ctx), model_id, out=out, top=top,
+                       pca=None if pca == "none" else pca)
+    echo_err(f"hats catalogue: {done['rows']} galaxies in {done['partitions']} HEALPix partitions"
+             f" (SAE {done['sae_id'] or '-'}, PCA {done['pca_id'] or '-'})")
+    click.echo(str(done["path"]))
+
+
 # ---- embed ----
 @main.command(epilog=example("galsae-lake embed --encoder zoobot-synth --splits train,test"))
 @click.option("--encoder", required=True,

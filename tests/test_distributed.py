@@ -18,7 +18,7 @@ from galsae_lake.distributed import RankGroup, World, first_host, world_from_env
 from galsae_lake.lake import Lake
 from galsae_lake.sae import sparse_loss_and_grads
 from galsae_lake.train import train_sae
-from lakeutil import lake_hash
+from galsae_lake.testing import lake_hash
 from test_sae import SMALL, _pair, directions, planted, write_embeddings
 
 # (dead latents, top_k, shift of b_enc): as the one-process test of the seed's math

@@ -13,7 +13,7 @@ ray = pytest.importorskip("ray")
 from galsae_lake.encoders import embed  # noqa: E402
 from galsae_lake.errors import InputError  # noqa: E402
 from galsae_lake.ray_engine import plan_actors  # noqa: E402
-from lakeutil import assert_one_line_error, cli, lake_hash  # noqa: E402
+from galsae_lake.testing import assert_one_line_error, cli, lake_hash  # noqa: E402
 from test_embed import make_lake  # noqa: E402
 
 

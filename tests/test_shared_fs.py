@@ -11,7 +11,7 @@ import pytest
 from galsae_lake import lake as lake_module
 from galsae_lake.errors import LakeError
 from galsae_lake.lake import Lake
-from lakeutil import lake_hash
+from galsae_lake.testing import lake_hash
 
 
 @pytest.mark.parametrize("code", [errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL])
