@@ -26,7 +26,7 @@ def build_small_lake(root: Path, n: int = 300):
     torch.set_num_threads(1)
     try:
         run_id = train_sae(lake, "zoobot-synth", config_path="demo", overrides=SAE_SET,
-                           progress=False)
+                           progress=False).run_id
     finally:
         torch.set_num_threads(before)
     pca_id = fit_pca(lake, "zoobot-synth", n_components=8)

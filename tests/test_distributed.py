@@ -58,6 +58,7 @@ def _rank_step(rank: int, world_size: int, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow  # fresh processes / a JVM / a Ray cluster
 def test_two_ranks_take_the_seeds_step_on_the_global_batch(tmp_path):
     mp.spawn(_rank_step, args=(2, _free_port(), str(tmp_path / "step")), nprocs=2)
     ranks = [torch.load(tmp_path / f"step.{r}") for r in range(2)]
@@ -109,6 +110,7 @@ def test_batch_smaller_than_the_world_fails_before_joining(tmp_path, monkeypatch
     assert lake_hash(lake.root) == before
 
 
+@pytest.mark.slow  # fresh processes / a JVM / a Ray cluster
 def test_torchrun_two_cpu_processes_train_one_run(tmp_path):
     rng = np.random.default_rng(1)
     D = directions(rng)

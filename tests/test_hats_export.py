@@ -12,6 +12,7 @@ lsdb = pytest.importorskip("lsdb")
 from galsae_lake.testing import assert_one_line_error, cli, lake_hash  # noqa: E402
 
 
+@pytest.mark.slow  # fresh processes / a JVM / a Ray cluster
 def test_export_hats_and_crossmatch(small_lake, tmp_path):
     lake, run_id, pca_id = small_lake
     out = tmp_path / "cat"

@@ -25,6 +25,7 @@ def local_ray():
     ray.shutdown()
 
 
+@pytest.mark.slow  # fresh processes / a JVM / a Ray cluster
 def test_ray_engine_embeds_like_the_plain_loop(tmp_path, local_ray, capsys):
     args = dict(weights="random", precision="fp32", batch_size=4, splits=["train"], progress=False)
     plain, on_ray = make_lake(tmp_path / "plain"), make_lake(tmp_path / "ray")

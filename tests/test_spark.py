@@ -40,6 +40,7 @@ def spark_sql(text: str) -> str:
     return re.sub(r"\$(\w+)", r":\1", text)
 
 
+@pytest.mark.slow  # fresh processes / a JVM / a Ray cluster
 def test_spark_reads_every_table_with_its_partition_columns(small_lake, spark):
     lake, _, _ = small_lake
     tables = lake.tables()
@@ -59,6 +60,7 @@ def test_spark_reads_every_table_with_its_partition_columns(small_lake, spark):
     assert emb.schema["embedding"].dataType.simpleString() == "array<float>"
 
 
+@pytest.mark.slow  # fresh processes / a JVM / a Ray cluster
 def test_spark_sql_runs_a_lake_query_with_duckdbs_result(small_lake, spark):
     lake, run_id, pca_id = small_lake
     params = {"sae_id": run_id, "pca_id": pca_id, "split": "test"}
