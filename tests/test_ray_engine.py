@@ -45,7 +45,7 @@ def test_ray_engine_embeds_like_the_plain_loop(tmp_path, local_ray, capsys):
                                np.stack(ta.column("embedding").to_numpy(zero_copy_only=False)),
                                rtol=1e-5, atol=1e-6)
     info = on_ray.partition_info("embeddings", encoder="zoobot-synth", split="train")
-    assert info["engine"] == "ray" and info["corrupt_ids"] == ["g3"]
+    assert info.recorded["engine"] == "ray" and info.corrupt_ids == ["g3"]
     # resume per split: done with these weights and images, so skipped without touching the lake
     before = lake_hash(on_ray.root)
     again = embed(on_ray, "zoobot-synth", engine="ray", log=print, **args)
