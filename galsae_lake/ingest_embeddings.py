@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 
 from galsae_lake.errors import InputError
 from galsae_lake.lake import check_partition_value
+from galsae_lake.sources import check_split
 
 
 def _numeric_values(values: pa.Array, where: str) -> tuple[pa.Array, str | None]:
@@ -111,8 +112,8 @@ def store_embeddings(lake, table: pa.Table, encoder: str, command: str,
     splits = table.column("split").to_pylist()
     if any(s is None for s in splits):
         raise InputError(f"{where}: some rows have no split")
-    for value in set(splits):
-        check_partition_value("split", value)
+    for value in sorted(set(splits)):
+        check_split(value)  # the one rule for splits, as `ingest votes` and `ingest hf` apply it
     dim = vectors.type.list_size
     replaced = set(splits)
     for part in lake.partitions("embeddings", encoder=encoder):

@@ -31,6 +31,8 @@ def read_table(path: str | Path) -> pl.DataFrame:
         raise InputError(f"{path} is empty")
     with path.open("rb") as handle:
         parquet = handle.read(4) == b"PAR1"
+    if not parquet:
+        _check_csv_header(path)
     try:
         if parquet:
             frame = pl.read_parquet(path)
@@ -43,6 +45,25 @@ def read_table(path: str | Path) -> pl.DataFrame:
     if frame.height == 0:
         raise InputError(f"{path} has no rows")
     return frame
+
+
+def _check_csv_header(path: Path) -> None:
+    """Refuse a CSV whose header names a column twice (Polars would rename the second copy and
+    the label in it would be silently dropped)."""
+    import csv
+
+    try:
+        with path.open(newline="", encoding="utf-8", errors="replace") as handle:
+            header = next(csv.reader(handle, delimiter="\t" if path.suffix.lower() == ".tsv"
+                                     else ","), [])
+    except (OSError, csv.Error) as exc:
+        raise InputError(f"cannot read {path}: {exc}") from None
+    seen: set[str] = set()
+    for name in header:
+        if name in seen:
+            raise InputError(f"{path}: the header names column {name!r} twice; rename or drop "
+                             f"one copy")
+        seen.add(name)
 
 
 def ingest_votes(lake, path: str | Path, catalog: str = "volunteers", id_column: str = "id_str",
