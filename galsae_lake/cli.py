@@ -6,29 +6,63 @@ Errors the user can cause (:class:`~galsae_lake.errors.GalsaeError`) end in one 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
 
 import click
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from galsae_lake import __version__
 from galsae_lake.cli_options import (IMAGE_FORMATS, CommaList, catalog_option, device_option,
                                      image_format_option, output_options, quiet_option,
                                      split_option, splits_option)
-from galsae_lake.errors import GalsaeError
-from galsae_lake.lake import Lake, run_sql
+from galsae_lake.errors import GalsaeError, first_line
+from galsae_lake.lake import Lake, user_sql
 
 
 class Group(click.Group):
-    """Turns expected failures into one clear line instead of a traceback."""
+    """Turns expected failures into one clear line instead of a traceback (``--debug`` keeps
+    the traceback)."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except GalsaeError as exc:
-            raise click.ClickException(str(exc)) from None
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception as exc:  # noqa: BLE001 (sorted by failure_line; the rest re-raised)
+            line = None if ctx.find_root().params.get("debug") else failure_line(exc)
+            if line is None:
+                raise
+            raise click.ClickException(line) from None
+
+
+def failure_line(exc: BaseException) -> str | None:
+    """One line for an expected failure: the project's own errors, and what the operating
+    system, Arrow, Polars and DuckDB raise for a full disk, a read-only lake, a corrupt file,
+    too little memory. ``None`` for anything else (a bug: its traceback is worth seeing)."""
+    from galsae_lake.errors import describe_os_error, is_no_space
+
+    if isinstance(exc, GalsaeError):
+        return str(exc)
+    if is_no_space(exc):
+        return describe_os_error(exc) if isinstance(exc, OSError) else (
+            f"no space left on the lake's disk: {first_line(exc)}")
+    if isinstance(exc, MemoryError):
+        return "out of memory: ask for less at once (fewer rows, a smaller batch or model)"
+    if isinstance(exc, pa.ArrowException):
+        return f"Arrow: {first_line(exc)}"
+    if isinstance(exc, OSError):
+        return describe_os_error(exc)
+    if isinstance(exc, pl.exceptions.PolarsError):
+        return f"Polars: {first_line(exc)}"
+    duckdb = sys.modules.get("duckdb")
+    if duckdb is not None and isinstance(exc, duckdb.Error):
+        return f"DuckDB: {first_line(exc)}"
+    return None
 
 
 def lake_of(ctx: click.Context) -> Lake:
@@ -50,29 +84,73 @@ def example(text: str) -> str:
     return "\b\nExample:\n  " + text
 
 
-def write_frame(frame: pl.DataFrame, fmt: str, output: str | None, lake: Lake | None = None,
-                text_width: int = 80) -> None:
-    """Print or save a result as table, csv, json (array of objects) or parquet (``text_width``:
-    the longest string shown whole in a table)."""
-    if output is not None and lake is not None:
-        target = Path(output).expanduser().absolute()
-        if target == lake.root or lake.root in target.parents:
-            raise GalsaeError(f"--output {output} is inside the lake; write results elsewhere")
+def check_output(output: str | None, lake: Lake | None, what: str = "--output") -> None:
+    """Refuse an output path inside the lake, however it is spelled (``..``, symbolic links)."""
+    if output is None or lake is None:
+        return
+    target = Path(output).expanduser().resolve()
+    root = lake.root.resolve()
+    if target == root or root in target.parents:
+        raise GalsaeError(f"{what} {output} is inside the lake; write results elsewhere")
+
+
+def _nested(schema: pa.Schema) -> list[str]:
+    return [f.name for f in schema if pa.types.is_nested(f.type)]
+
+
+def write_batches(batches, schema: pa.Schema, fmt: str, output: str | None,
+                  lake: Lake | None = None) -> None:
+    """Stream record batches out as csv, json (JSON lines: one object per row) or parquet,
+    holding one batch at a time (``table`` goes through :func:`write_frame`)."""
+    check_output(output, lake)
     if fmt == "parquet" and output is None:
         raise click.UsageError("--format parquet needs --output FILE")
     if fmt == "table":
-        with pl.Config(tbl_rows=200, tbl_cols=-1, fmt_str_lengths=text_width,
-                       tbl_width_chars=max(200, text_width + 120),
-                       tbl_hide_dataframe_shape=False):
-            text = str(frame)
-    elif fmt == "csv":
-        text = frame.write_csv()
-    elif fmt == "json":
-        text = json.dumps(frame.to_dicts(), default=str, indent=1) + "\n"
-    else:
-        frame.write_parquet(output)
-        click.echo(f"wrote {frame.height} rows to {output}", err=True)
+        write_frame(pl.from_arrow(pa.Table.from_batches(list(batches), schema=schema)), fmt,
+                    output, lake)
         return
+    if fmt == "csv" and _nested(schema):
+        raise GalsaeError(f"--format csv cannot hold nested columns ({', '.join(_nested(schema))}); "
+                          f"use --format json or parquet, or select scalar columns")
+    rows = 0
+    with contextlib.ExitStack() as stack:
+        if fmt == "parquet":
+            writer = stack.enter_context(pq.ParquetWriter(output, schema))
+        else:
+            emit = (stack.enter_context(open(output, "w", encoding="utf-8")).write
+                    if output is not None else lambda text: click.echo(text, nl=False))
+        header = True
+        for batch in batches:
+            if fmt == "parquet":
+                writer.write_batch(batch)
+            elif batch.num_rows or header:
+                frame = pl.from_arrow(pa.Table.from_batches([batch], schema=schema))
+                if fmt == "csv":
+                    emit(frame.write_csv(include_header=header))
+                    header = False
+                elif batch.num_rows:
+                    emit(frame.write_ndjson())
+            rows += batch.num_rows
+        if fmt == "csv" and header:  # no batch at all: still the header
+            emit(pl.from_arrow(schema.empty_table()).write_csv())
+    if output is not None:
+        click.echo(f"wrote {rows} rows to {output}", err=True)
+
+
+def write_frame(frame: pl.DataFrame, fmt: str, output: str | None, lake: Lake | None = None,
+                text_width: int = 80) -> None:
+    """Print or save a result as table, csv, json (JSON lines: one object per row) or parquet
+    (``text_width``: the longest string shown whole in a table)."""
+    check_output(output, lake)
+    if fmt == "parquet" and output is None:
+        raise click.UsageError("--format parquet needs --output FILE")
+    if fmt != "table":
+        arrow = frame.to_arrow()
+        write_batches(arrow.to_batches(), arrow.schema, fmt, output, lake)
+        return
+    with pl.Config(tbl_rows=200, tbl_cols=-1, fmt_str_lengths=text_width,
+                   tbl_width_chars=max(200, text_width + 120), tbl_hide_dataframe_shape=False):
+        text = str(frame)
     if output is None:
         click.echo(text, nl=not text.endswith("\n"))
     else:
@@ -84,8 +162,10 @@ def write_frame(frame: pl.DataFrame, fmt: str, output: str | None, lake: Lake | 
              epilog=example("galsae-lake --lake lake demo"))
 @click.option("--lake", type=click.Path(file_okay=True), envvar="GALSAE_LAKE", default=None,
               help="Lake root folder [default: $GALSAE_LAKE, else ./lake].")
+@click.option("--debug", is_flag=True,
+              help="Show the full traceback of a failure instead of its one-line message.")
 @click.version_option(__version__, prog_name="galsae-lake")
-def main(lake: str | None) -> None:
+def main(lake: str | None, debug: bool) -> None:
     """galsae-lake: what image models learned about galaxies, as a Parquet lake.
 
     Every command materializes Hive-partitioned Parquet tables under one lake root;
@@ -101,7 +181,8 @@ def tables(ctx: click.Context, fmt: str, output: str | None) -> None:
     that write each (with its query in sql/)."""
     lake = lake_of(ctx)
     lake.check_versions()
-    rows = lake.summary()
+    problems: list[str] = []
+    rows = lake.summary(problems)
     frame = pl.DataFrame(rows, schema={"table": pl.String, "rows": pl.Int64,
                                        "partitions": pl.Int64, "bytes": pl.Int64,
                                        "updated_at": pl.String, "written_by": pl.String})
@@ -110,6 +191,8 @@ def tables(ctx: click.Context, fmt: str, output: str | None) -> None:
                                    .alias("size")).select(
             "table", "rows", "partitions", "size", "updated_at", "written_by")
     write_frame(frame, fmt, output, lake, text_width=frame["written_by"].str.len_chars().max())
+    if problems:  # the rest is listed; the unreadable partitions are named, and the exit is 1
+        raise GalsaeError("; ".join(problems))
 
 
 def _human(size: int) -> str:
@@ -128,16 +211,25 @@ def _human(size: int) -> str:
 def sql(ctx: click.Context, query: str, fmt: str, output: str | None) -> None:
     """Run a read-only DuckDB QUERY over the lake (one view per table, named as the table).
 
-    Only SELECT-like statements run (SELECT, WITH, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN): the
-    lake is never modified. Use "-" to read the query from standard input.
+    Only queries run (SELECT, WITH, DESCRIBE, SHOW, SUMMARIZE, and EXPLAIN [ANALYZE] of
+    those), by DuckDB's own parse, in a connection that can open no file: the lake's tables are
+    its only inputs and nothing is written. Results stream out (--format json is JSON lines, one
+    object per row). Use "-" to read the query from standard input.
     """
+    import duckdb
+
     lake = lake_of(ctx)
     if query == "-":
         query = sys.stdin.read()
-    relation = run_sql(lake, query)
-    if relation is None:
-        return
-    write_frame(relation.pl(), fmt, output, lake)
+    check_output(output, lake)
+    with user_sql(lake, query) as relation:
+        if relation is None:
+            return
+        try:
+            reader = relation.to_arrow_reader(65_536)
+            write_batches(reader, reader.schema, fmt, output, lake)
+        except duckdb.Error as exc:
+            raise GalsaeError(f"SQL: {first_line(exc)}") from None
 
 
 # ---- sources ----
@@ -252,7 +344,15 @@ def figures(ctx: click.Context, model_id: str, out: str | None, formats: tuple[s
     Matryoshka reconstruction, explained variance, training curves, galleries, feature browser."""
     from galsae_lake.figures import make_figures
 
-    written = make_figures(lake_of(ctx), model_id, out=out, formats=legacy_formats or formats,
+    lake = lake_of(ctx)
+    if out is not None:  # inside the lake only under <lake>/figures, never into a table's folder
+        target, root = Path(out).expanduser().resolve(), lake.root.resolve()
+        allowed = root / "figures"
+        if (target == root or root in target.parents) and not (
+                target == allowed or allowed in target.parents):
+            raise GalsaeError(f"--out {out} is inside the lake; use a folder outside it or under "
+                              f"{allowed}")
+    written = make_figures(lake, model_id, out=out, formats=legacy_formats or formats,
                            split=split, top=top, log=echo_err)
     for path in written:
         click.echo(str(path))

@@ -78,7 +78,9 @@ def output_options(func: Callable) -> Callable:
     func = click.option("--output", "-o", type=click.Path(dir_okay=False),
                         help="Write the result to FILE instead of the terminal.")(func)
     func = click.option("--format", "fmt", type=click.Choice(OUTPUT_FORMATS), default="table",
-                        show_default=True, help="Output format.")(func)
+                        show_default=True,
+                        help="Output format; json writes JSON lines (one object per row), "
+                             "streamed like csv and parquet.")(func)
     return func
 
 

@@ -25,6 +25,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import sys
 import time
 import uuid
@@ -40,7 +41,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from galsae_lake import __version__
-from galsae_lake.errors import LakeError
+from galsae_lake.errors import LakeError, describe_os_error, first_line
 from galsae_lake.properties import SCHEMA_VERSION, PartitionProperties, TableProperties
 
 if TYPE_CHECKING:
@@ -307,8 +308,6 @@ class Lake:
         self.root = resolve_root(root)
         if self.root.exists() and not self.root.is_dir():
             raise LakeError(f"lake root {self.root} is a file, not a folder")
-        self._lock_depth = 0
-        self._lock_handle = None
 
     def __repr__(self) -> str:
         return f"Lake({str(self.root)!r})"
@@ -387,21 +386,50 @@ class Lake:
         """Registered tables that hold data, in registry order."""
         return [name for name in TABLES if self.exists(name)]
 
-    def summary(self) -> list[dict[str, Any]]:
-        """Rows, partitions and bytes on disk for every registered table."""
+    def summary(self, problems: list[str] | None = None) -> list[dict[str, Any]]:
+        """Rows, partitions and bytes on disk for every registered table.
+
+        A partition whose file cannot be read is left out of the counts and named in
+        ``problems`` (when given; else it raises a one-line :class:`LakeError`).
+        """
         rows = []
-        for name in TABLES:
-            files = self.files(name)
-            info = self.info(name) if files else None
-            rows.append({
-                "table": name,
-                "rows": sum(pq.ParquetFile(f).metadata.num_rows for f in files),
-                "partitions": len(files) if TABLES[name].partition_by else int(bool(files)),
-                "bytes": sum(f.stat().st_size for f in files),
-                "updated_at": info.updated_at if info else None,
-                "written_by": TABLES[name].written_by,
-            })
+        with self.reading():
+            for name in TABLES:
+                files = self.files(name)
+                info = self.info(name) if files else None
+                count = 0
+                for path in files:
+                    try:
+                        count += pq.ParquetFile(path).metadata.num_rows
+                    except (pa.ArrowException, OSError) as exc:
+                        line = self._unreadable_line(name, path, exc)
+                        if problems is None:
+                            raise LakeError(line) from None
+                        problems.append(line)
+                rows.append({
+                    "table": name,
+                    "rows": count,
+                    "partitions": len(files) if TABLES[name].partition_by else int(bool(files)),
+                    "bytes": sum(f.stat().st_size for f in files),
+                    "updated_at": info.updated_at if info else None,
+                    "written_by": TABLES[name].written_by,
+                })
         return rows
+
+    def _unreadable_line(self, table: str, path: Path, exc: BaseException) -> str:
+        partition = str(path.parent.relative_to(self.table_dir(table))).replace(".", "") or "(the table)"
+        return f"table {table}: partition {partition} is unreadable ({path}: {first_line(exc)})"
+
+    def _name_unreadable(self, table: str, files: list[Path], exc: BaseException) -> BaseException:
+        """After a failed read: a LakeError naming the first partition that cannot be read
+        whole, else ``exc`` itself."""
+        for path in files:
+            try:
+                for _ in pq.ParquetFile(path).iter_batches(batch_size=65_536):
+                    pass
+            except (pa.ArrowException, OSError) as bad:
+                return LakeError(self._unreadable_line(table, path, bad))
+        return exc
 
     # ---------------------------------------------------------------- reads
     def _require(self, table: str, filters: Mapping[str, Any]) -> list[Path]:
@@ -431,10 +459,22 @@ class Lake:
         return frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical")
 
     def read(self, table: str, **filters: Any) -> pl.DataFrame:
-        return self.scan(table, **filters).collect()
+        """The table (or its partitions matching ``filters``), as one commit left it."""
+        with self.reading():
+            try:
+                return self.scan(table, **filters).collect()
+            except (pl.exceptions.PolarsError, pa.ArrowException, OSError) as exc:
+                raise self._name_unreadable(table, self.files(table, **filters), exc) from None
 
     def arrow(self, table: str, columns: list[str] | None = None, **filters: Any) -> pa.Table:
         """The table as a pyarrow Table (partition keys as string columns)."""
+        with self.reading():
+            try:
+                return self._arrow(table, columns, filters)
+            except (pa.ArrowException, OSError) as exc:
+                raise self._name_unreadable(table, self.files(table, **filters), exc) from None
+
+    def _arrow(self, table: str, columns: list[str] | None, filters: Mapping[str, Any]) -> pa.Table:
         spec = table_spec(table)
         parts = []
         for partition, path in zip(self.partitions(table, **filters), self._require(table, filters)):
@@ -464,15 +504,58 @@ class Lake:
             return f"(SELECT * REPLACE ({replaced}) FROM {source})"
         return source
 
-    def connect(self, tables: list[str] | None = None) -> duckdb.DuckDBPyConnection:
-        """An in-memory DuckDB connection with one view per table that holds data."""
+    def connect(self, tables: list[str] | None = None,
+                sandbox: bool = False) -> duckdb.DuckDBPyConnection:
+        """An in-memory DuckDB connection with one view per table that holds data.
+
+        With ``sandbox`` the views scan the tables through pyarrow datasets and DuckDB's own
+        file access is switched off and locked (``enable_external_access = false``,
+        ``lock_configuration = true``): SQL run there can read the views and nothing else, and
+        can write no file (the ``sql`` command's connection).
+        """
         self.check_versions()
         import duckdb  # here, not at import: the training code (GPU machines) needs no SQL
 
         con = duckdb.connect(":memory:")
         for table in tables or self.tables():
-            con.execute(f'CREATE VIEW "{table}" AS SELECT * FROM {self.duckdb_source(table)}')
+            if sandbox:
+                self._sandbox_view(con, table)
+            else:
+                con.execute(f'CREATE VIEW "{table}" AS SELECT * FROM {self.duckdb_source(table)}')
+        if sandbox:
+            con.execute("SET enable_external_access = false")
+            con.execute("SET lock_configuration = true")
         return con
+
+    def _sandbox_view(self, con: duckdb.DuckDBPyConnection, table: str) -> None:
+        """A view of ``table`` over pyarrow datasets (one per vector size; FLOAT[] if several)."""
+        import pyarrow.dataset as ds
+
+        spec = table_spec(table)
+        files = self._require(table, {})
+        vector = [name for name, kind in spec.columns if kind == VECTOR]
+        groups: dict[tuple, list[str]] = {}
+        for path in files:
+            try:
+                schema = pq.read_schema(path)
+            except (pa.ArrowException, OSError) as exc:
+                raise LakeError(self._unreadable_line(table, path, exc)) from None
+            sizes = tuple(schema.field(name).type.list_size if name in schema.names else None
+                          for name in vector)
+            groups.setdefault(sizes, []).append(str(path))
+        partitioning = (ds.partitioning(pa.schema([(k, pa.string()) for k in spec.partition_by]),
+                                        flavor="hive") if spec.partition_by else None)
+        selects = []
+        for i, paths in enumerate(groups.values()):
+            name = f"_{table}_{i}"
+            con.register(name, ds.dataset(paths, format="parquet", partitioning=partitioning,
+                                          partition_base_dir=str(self.table_dir(table))))
+            if len(groups) > 1 and vector:
+                replaced = ", ".join(f'"{v}"::FLOAT[] AS "{v}"' for v in vector)
+                selects.append(f'SELECT * REPLACE ({replaced}) FROM "{name}"')
+            else:
+                selects.append(f'SELECT * FROM "{name}"')
+        con.execute(f'CREATE VIEW "{table}" AS ' + " UNION ALL BY NAME ".join(selects))
 
     # ---------------------------------------------------------------- writes
     def transaction(
@@ -488,29 +571,34 @@ class Lake:
 
     @contextlib.contextmanager
     def lock(self, timeout: float | None = None) -> Iterator[None]:
-        """The writers' lock: exclusive between processes, reentrant within one."""
-        if self._lock_depth:
-            self._lock_depth += 1
-            try:
+        """The writers' lock: exclusive between processes, reentrant within one.
+
+        Taken for a commit only (staging needs no lock). It also excludes readers that are
+        inside :meth:`reading`, so a reader never sees part of a commit.
+        """
+        state = _lock_state(self.root)
+        if state.mode == "ex":  # this process holds it already
+            with _reenter(state):
                 yield
-            finally:
-                self._lock_depth -= 1
             return
-        if timeout is None:
-            timeout = float(os.environ.get(ENV_LOCK_TIMEOUT, "600"))
+        timeout = _lock_timeout() if timeout is None else timeout
         self.root.mkdir(parents=True, exist_ok=True)
-        handle = open(self.root / LOCK_FILE, "a+")
+        # a process inside reading() converts its shared lock (flock drops it, then waits)
+        shared, reads = state.mode == "sh", state.depth
+        handle = state.handle if shared else _open_lock(self.root, write=True)
         deadline = time.monotonic() + timeout
         told = False
         while True:
             try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                _flock(self.root, handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                handle.seek(0)
-                holder = handle.read().strip() or "another process"
+                holder = _lock_holder(handle)
                 if time.monotonic() >= deadline:
-                    handle.close()
+                    if shared:
+                        fcntl.flock(handle, fcntl.LOCK_SH)
+                    else:
+                        handle.close()
                     raise LakeError(
                         f"the lake {self.root} is being written by {holder}; gave up after "
                         f"{timeout:.0f} s (set {ENV_LOCK_TIMEOUT} to wait longer)"
@@ -519,30 +607,90 @@ class Lake:
                     print(f"waiting for the lake lock held by {holder} ...", file=sys.stderr)
                     told = True
                 time.sleep(0.05)
-            except OSError as exc:  # no flock here (some NFSv3/SMB/FUSE mounts): never write unlocked
-                if exc.errno not in UNLOCKABLE_ERRNOS:
-                    raise
-                handle.close()
-                raise LakeError(
-                    f"the lake {self.root} is on a filesystem without flock locks "
-                    f"({errno.errorcode.get(exc.errno, exc.errno)}); put the lake on a local disk, "
-                    f"NFSv4 or Lustre mounted with -o flock (see docs/engines.md)") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} ({' '.join(sys.argv[:2]) or 'python'}, since "
-                     f"{datetime.now(timezone.utc):%H:%M:%S} UTC)")
-        handle.flush()
-        self._lock_handle, self._lock_depth = handle, 1
+        if handle.writable():
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()} ({' '.join(sys.argv[:2]) or 'python'}, since "
+                         f"{datetime.now(timezone.utc):%H:%M:%S} UTC)")
+            handle.flush()
+        state.handle, state.mode, state.depth = handle, "ex", 1
         try:
             self.recover()
             yield
         finally:
-            self._lock_depth = 0
-            handle.seek(0)
-            handle.truncate()
-            fcntl.flock(handle, fcntl.LOCK_UN)
-            handle.close()
-            self._lock_handle = None
+            if handle.writable():
+                with contextlib.suppress(OSError):
+                    handle.seek(0)
+                    handle.truncate()
+            if shared:
+                fcntl.flock(handle, fcntl.LOCK_SH)
+                state.mode, state.depth = "sh", reads
+            else:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+                handle.close()
+                state.handle, state.mode, state.depth = None, None, 0
+
+    @contextlib.contextmanager
+    def reading(self, timeout: float | None = None) -> Iterator[None]:
+        """Read the lake as one commit left it: a shared lock, held for the block.
+
+        Writers hold the lock exclusively only while they move a commit's files into place, so
+        inside this block every table is as some commit left it, never half way through one.
+        A commit that died half way (a journal left behind) is rolled forward first. Reentrant;
+        a no-op for a lake that has no lock file yet (nothing was ever committed to it) or no
+        root. ``read``, ``arrow``, ``summary`` and the ``sql`` and ``tables`` commands use it;
+        wrap several reads (or a LazyFrame's ``collect``) in it to see them from one commit.
+        """
+        state = _lock_state(self.root)
+        if state.mode is not None:  # this process holds it already
+            with _reenter(state):
+                yield
+            return
+        handle = _open_lock(self.root, write=False) if self.root.is_dir() else None
+        if handle is None:
+            yield
+            return
+        timeout = _lock_timeout() if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                try:
+                    _flock(self.root, handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise LakeError(
+                            f"the lake {self.root} is being written by {_lock_holder(handle)}; "
+                            f"gave up reading after {timeout:.0f} s (set {ENV_LOCK_TIMEOUT} to "
+                            f"wait longer)") from None
+                    time.sleep(0.02)
+                    continue
+                if not self._pending_journals():
+                    break
+                # a commit died after its journal: finish it (as any writer would) before reading
+                fcntl.flock(handle, fcntl.LOCK_UN)
+                try:
+                    with self.lock(timeout=max(0.0, deadline - time.monotonic())):
+                        pass
+                except OSError as exc:
+                    if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                        raise
+                    raise LakeError(
+                        f"a commit to {self.root} was interrupted and this user cannot finish "
+                        f"it (no write permission); run any galsae-lake command that writes, "
+                        f"as the lake's owner") from None
+            state.handle, state.mode, state.depth = handle, "sh", 1
+            try:
+                yield
+            finally:
+                state.handle, state.mode, state.depth = None, None, 0
+        finally:
+            handle.close()  # (closing drops the flock)
+
+    def _pending_journals(self) -> list[Path]:
+        staging = self.root / STAGING
+        if not staging.is_dir():
+            return []
+        return [path for path in staging.glob(f"*/{JOURNAL}")]
 
     def recover(self) -> None:
         """Roll forward commits that died half way; drop staging left by dead processes.
@@ -564,7 +712,100 @@ class Lake:
                 shutil.rmtree(txdir, ignore_errors=True)
             elif not _pid_alive(txdir.name):
                 shutil.rmtree(txdir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            staging.rmdir()  # (only when empty)
 
+
+
+@dataclass
+class _LockState:
+    """This process's hold on one lake's lock (shared by every Lake object of that root)."""
+
+    handle: Any = None
+    mode: str | None = None  # None, "sh" (reading) or "ex" (committing)
+    depth: int = 0
+
+
+_LOCKS: dict[Path, _LockState] = {}
+
+
+def _lock_state(root: Path) -> _LockState:
+    return _LOCKS.setdefault(root, _LockState())
+
+
+@contextlib.contextmanager
+def _reenter(state: _LockState) -> Iterator[None]:
+    state.depth += 1
+    try:
+        yield
+    finally:
+        state.depth -= 1
+
+
+def _lock_timeout() -> float:
+    text = os.environ.get(ENV_LOCK_TIMEOUT, "600")
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= 0:  # (NaN too)
+        raise LakeError(f"{ENV_LOCK_TIMEOUT}={text!r} is not a number of seconds (e.g. 600)")
+    return value
+
+
+def _flock(root: Path, handle, operation: int) -> None:
+    """``fcntl.flock``, with one line where the filesystem has no flock (some NFSv3, SMB and
+    FUSE mounts): the lake is never written or read unlocked."""
+    try:
+        fcntl.flock(handle, operation)
+    except OSError as exc:
+        if exc.errno not in UNLOCKABLE_ERRNOS:
+            raise
+        handle.close()
+        raise LakeError(
+            f"the lake {root} is on a filesystem without flock locks "
+            f"({errno.errorcode.get(exc.errno, exc.errno)}); put the lake on a local disk, "
+            f"NFSv4 or Lustre mounted with -o flock (see docs/engines.md)") from None
+
+
+def _open_lock(root: Path, write: bool):
+    """The lock file, opened without following a link; a one-line error for anything that is
+    not a plain file. A reader does not create it (``None`` when it does not exist) and opens
+    it read-only where it cannot write (a read-only lake)."""
+    path = root / LOCK_FILE
+    base = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK  # (a FIFO must not hang the open)
+    attempts = [os.O_RDWR | os.O_CREAT] if write else [os.O_RDWR, os.O_RDONLY]
+    fd = None
+    for i, flags in enumerate(attempts):
+        try:
+            fd = os.open(path, flags | base, 0o644)
+            break
+        except FileNotFoundError:
+            if not write:
+                return None
+            raise
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise LakeError(f"the lake's lock file {path} is a symbolic link; remove it "
+                                f"(the lock must be a plain file inside the lake)") from None
+            if exc.errno == errno.EISDIR:
+                raise LakeError(f"the lake's lock file {path} is a folder; remove it") from None
+            if exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM) and i + 1 < len(attempts):
+                continue
+            raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise LakeError(f"the lake's lock file {path} is not a plain file; remove it")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "r+" if os.O_RDWR & flags else "r")
+
+
+def _lock_holder(handle) -> str:
+    try:
+        handle.seek(0)
+        return handle.read(200).strip() or "another process (a writer or a reader)"
+    except OSError:
+        return "another process"
 
 def _pid_alive(txid: str) -> bool:
     try:
@@ -607,8 +848,27 @@ class PartitionWriter:
     def close(self) -> None:
         if self._writer is None:  # nothing written: an empty partition still replaces the old one
             raise LakeError(f"table {self.table}: nothing to write for {self.partition}")
-        self._writer.close()
+        writer, self._writer = self._writer, None
+        try:
+            writer.close()
+        except BaseException:
+            _abandon(writer)
+            raise
         self._tx._staged.append(_Staged(self.table, self.partition, self.path, self.rows, self.info))
+
+    def abort(self) -> None:
+        """Drop an unfinished partition file (its transaction failed); never raises."""
+        if self._writer is not None:
+            _abandon(self._writer)
+            self._writer = None
+
+
+def _abandon(writer: pq.ParquetWriter) -> None:
+    """Close a Parquet writer whose file is being thrown away, quietly: a full disk makes its
+    close fail, and pyarrow would otherwise retry and print that failure when it is collected."""
+    with contextlib.suppress(Exception):
+        writer.close()
+    writer.is_open = False
 
 
 class Transaction:
@@ -624,10 +884,12 @@ class Transaction:
         self.dir = lake.root / STAGING / self.txid
         self._created_root = not lake.root.exists()
         self._staged: list[_Staged] = []
+        self._writers: list[PartitionWriter] = []
         self._merge: dict[str, pa.Table] = {}
         self._dirs: list[tuple[Path, Path]] = []
         self._removed: list[tuple[str, dict[str, str]]] = []
         self.committed = False
+        self.journaled = False
 
     def __enter__(self) -> "Transaction":
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -638,13 +900,21 @@ class Transaction:
             if kind is None:
                 self.commit()
         finally:
-            shutil.rmtree(self.dir, ignore_errors=True)
-            # leave no trace of a failed command: drop the folders this transaction created
+            # once its journal is written a commit must end applied: its staged files and
+            # journal then stay for the next writer (or reader) to roll forward
+            if not self.journaled or self.committed:
+                self._discard()
+
+    def _discard(self) -> None:
+        for writer in self._writers:
+            writer.abort()
+        shutil.rmtree(self.dir, ignore_errors=True)
+        # leave no trace of a failed command: drop the folders this transaction created
+        with contextlib.suppress(OSError):
+            (self.lake.root / STAGING).rmdir()
+        if self._created_root and not self.committed:
             with contextlib.suppress(OSError):
-                (self.lake.root / STAGING).rmdir()
-            if self._created_root and not self.committed:
-                with contextlib.suppress(OSError):
-                    self.lake.root.rmdir()
+                self.lake.root.rmdir()
 
     def _staged_path(self, table: str, partition: Mapping[str, str]) -> Path:
         target = self.lake.partition_dir(table, partition)
@@ -657,7 +927,9 @@ class Transaction:
         partition = {k: check_partition_value(k, v) for k, v in (partition or {}).items()}
         if set(partition) != set(spec.partition_by):
             raise LakeError(f"table {table} is partitioned by {', '.join(spec.partition_by)}")
-        return PartitionWriter(self, table, partition, dict(info or {}))
+        writer = PartitionWriter(self, table, partition, dict(info or {}))
+        self._writers.append(writer)
+        return writer
 
     def stage_dir(self, kind: str, name: str) -> Path:
         """An empty folder to write a model into; at commit it replaces ``lake.model_dir(kind, name)``."""
@@ -778,9 +1050,14 @@ class Transaction:
             plan = {"txid": self.txid, "entries": entries, "folders": folders,
                     "removals": removals}
             journal = self.dir / JOURNAL
-            journal.write_text(json.dumps(plan, default=str))
-            _fsync(journal)
-            _apply_plan(self.lake, plan)
+            _write_durably(journal, json.dumps(plan, default=str))
+            self.journaled = True
+            try:
+                _apply_plan(self.lake, plan)
+            except OSError as exc:
+                raise LakeError(
+                    f"{describe_os_error(exc)}; the commit of {self.command} is journaled and "
+                    f"the next galsae-lake command that uses the lake finishes it") from None
             self.committed = True
             journal.unlink()
 
@@ -809,6 +1086,19 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _write_durably(path: Path, text: str) -> None:
+    """Write ``path`` whole or not at all: a temporary file, fsync, rename."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        _fsync(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def _apply_plan(lake: Lake, plan: dict) -> None:
@@ -871,7 +1161,8 @@ def _update_sidecar(lake: Lake, table: str, entries: list[dict]) -> None:
         info.updated_at = last.written_at
     info.rows = sum(p.rows for p in info.partitions.values())
     info.upstream = sorted({u for p in info.partitions.values() for u in p.upstream})
-    info.write(path)
+    # (a temporary file, fsync, rename; the temporary file removed if that fails)
+    _write_durably(path, json.dumps(info.to_json(), indent=2, default=str))
 
 
 def sql_dir() -> Path:
@@ -891,17 +1182,18 @@ def query(name: str) -> str:
     return path.read_text()
 
 
-def run_sql(lake: Lake, sql: str) -> duckdb.DuckDBPyRelation | None:
-    """Run read-only SQL over the lake's views; returns the last statement's result.
+#: EXPLAIN [ANALYZE] [(options)] with any comments before and between: what it wraps follows
+_EXPLAIN = re.compile(r"^(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*explain\b"
+                      r"(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*(?:analy[sz]e\b)?"
+                      r"(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/)*(?:\([^()]*\))?", re.I | re.S)
 
-    Only SELECT (with WITH, DESCRIBE, SHOW, SUMMARIZE) and EXPLAIN run, so nothing can write to
-    the lake or anywhere else.
-    """
+
+def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> list:
+    """The statements of ``sql`` as DuckDB parses them, if every one only reads (SELECT, WITH,
+    DESCRIBE, SHOW, SUMMARIZE, and EXPLAIN [ANALYZE] of those); else a one-line LakeError."""
     import duckdb
 
-    # statement types that run; anything else (COPY, INSERT, ATTACH, SET ...) is refused
-    read_only = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
-    con = lake.connect()
+    read_only = {duckdb.StatementType.SELECT}
     try:
         statements = con.extract_statements(sql)
     except duckdb.Error as exc:
@@ -909,17 +1201,57 @@ def run_sql(lake: Lake, sql: str) -> duckdb.DuckDBPyRelation | None:
     if not statements:
         raise LakeError("SQL: no statement given")
     for statement in statements:
-        if statement.type not in read_only:
-            kind = str(statement.type).rsplit(".", 1)[-1]
-            raise LakeError(f"SQL: only read-only queries run over the lake; refused a {kind} statement")
-    result = None
-    try:
-        for statement in statements:
-            result = con.sql(statement.query)
-    except duckdb.Error as exc:
-        raise LakeError(f"SQL: {_first_line(exc)}") from None
-    return result
+        kind = statement.type
+        if kind == duckdb.StatementType.EXPLAIN:
+            match = _EXPLAIN.match(statement.query)
+            try:
+                inner = con.extract_statements(statement.query[match.end():]) if match else []
+            except duckdb.Error:
+                inner = []
+            if len(inner) != 1:
+                raise LakeError("SQL: could not tell what an EXPLAIN statement wraps; refused it")
+            kind = inner[0].type
+        if kind not in read_only:
+            name = str(kind).rsplit(".", 1)[-1]
+            raise LakeError(f"SQL: only read-only queries run over the lake; refused a {name} "
+                            f"statement")
+    return statements
 
 
-def _first_line(exc: BaseException) -> str:
-    return " ".join(str(exc).strip().splitlines()[0].split())
+@contextlib.contextmanager
+def user_sql(lake: Lake, sql: str) -> Iterator[duckdb.DuckDBPyRelation | None]:
+    """Run read-only SQL over the lake's views; yields the last statement's result.
+
+    Two guards: every statement (and what an EXPLAIN wraps) must be a query, by DuckDB's own
+    parse, and the connection cannot touch any file (:meth:`Lake.connect` with ``sandbox``).
+    The block holds the lake's read lock, so the result is read from whole commits.
+    """
+    import duckdb
+
+    with lake.reading():
+        con = lake.connect(sandbox=True)
+        try:
+            statements = check_read_only(con, sql)
+            result = None
+            try:
+                for statement in statements:
+                    result = con.sql(statement.query)
+            except duckdb.Error as exc:
+                raise LakeError(f"SQL: {_first_line(exc)}") from None
+            yield result
+        finally:
+            con.close()
+
+
+def run_sql(lake: Lake, sql: str) -> pl.DataFrame | None:
+    """:func:`user_sql`'s result as a Polars frame (``None`` for a statement with no result)."""
+    import duckdb
+
+    with user_sql(lake, sql) as result:
+        try:
+            return None if result is None else result.pl()
+        except duckdb.Error as exc:
+            raise LakeError(f"SQL: {_first_line(exc)}") from None
+
+
+_first_line = first_line

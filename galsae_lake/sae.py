@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import tomllib
 import warnings
 from dataclasses import asdict, dataclass, field, fields
@@ -214,14 +215,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
             path = configs_dir() / f"{path.name}_sae.toml"
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise InputError(f"cannot read SAE config {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise InputError(f"SAE config {path} is not valid TOML: not UTF-8 text") from None
     try:
         table = tomllib.loads(text)
+        apply_settings(config, table, source=str(path))
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"SAE config {path} is not valid TOML: {exc}") from None
-    apply_settings(config, table, source=str(path))
+    except RecursionError:
+        raise InputError(f"SAE config {path} is nested too deeply to be an SAE config") from None
     if isinstance(overrides, dict):
         pairs = list(overrides.items())
     else:
@@ -231,6 +236,40 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
     if shipped and not any(k.rpartition(".")[2] == "input_dim" for k, _ in pairs):
         config.input_dim = None
     return config.validate()
+
+
+def check_memory(config: SAEConfig, device: torch.device) -> None:
+    """Refuse (one line) a dictionary whose training would not fit the machine, before any
+    allocation: parameters, gradients and AdamW's two moments (16 bytes per float32 weight),
+    a batch of dense codes, and the CPU build's temporary copy of the encoder."""
+    d, n = int(config.input_dim), int(config.total_latents)
+    weights = 2 * d * n + n + d
+    need = 16 * weights + 12 * int(config.batch_size) * n  # (codes, their grads, top-k work)
+    build = 4 * (weights + d * n)  # built on the CPU, then moved
+    checks = [("the CPU", build if device.type == "cuda" else build + need, _available_ram())]
+    if device.type == "cuda":
+        checks.append((str(device), need, torch.cuda.mem_get_info(device)[0]))
+    for where, bytes_needed, available in checks:
+        if available is not None and bytes_needed > available:
+            raise InputError(
+                f"SAE config: a dictionary of {n:,} latents on {d} inputs needs about "
+                f"{bytes_needed / 2**30:.1f} GiB to train on {where}, which has "
+                f"{available / 2**30:.1f} GiB free; use smaller group_sizes (or batch_size)")
+
+
+def _available_ram() -> int | None:
+    """Bytes of memory available to a new allocation (MemAvailable), None if unknown."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def resolve_device(name: str) -> torch.device:

@@ -33,7 +33,8 @@ from tqdm.auto import tqdm
 from galsae_lake.distributed import RankGroup, init_process_group, shutdown, world_from_env
 from galsae_lake.errors import InputError, LakeError
 from galsae_lake.lake import Lake, short_id, vectors
-from galsae_lake.sae import (NORM_EPS, MatryoshkaSAE, SAEConfig, StepOutput, encode_embeddings,
+from galsae_lake.sae import (NORM_EPS, MatryoshkaSAE, SAEConfig, StepOutput, check_memory,
+                             encode_embeddings,
                              load_config, resolve_device, sparse_loss_and_grads)
 
 #: rows encoded at a time when writing activations and evaluating
@@ -98,6 +99,7 @@ def train_model(X: np.ndarray, config: SAEConfig, progress: bool = True,
         config.input_dim = int(X.shape[1])
     config.validate()
     device = torch.device(device) if device is not None else resolve_device(config.device)
+    check_memory(config, device)  # before allocating: a huge dictionary is one clear line
     torch.manual_seed(config.random_seed)
     model = MatryoshkaSAE(config)
     fit_normalization(model, X)

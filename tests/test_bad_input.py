@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 
 from galsae_lake.lake import Lake
-from galsae_lake.testing import assert_refused, cli
+from galsae_lake.testing import assert_refused, cli, lake_hash
 
 DIM = 16
 SMOOTH = "smooth-or-featured-euclid_smooth_fraction"
@@ -207,11 +207,143 @@ def case_synth_zero(root, files, run_id):
     return ["synth", "--n", "0"], ["--n must be at least 1, got 0"]
 
 
+# ---- issue #18: the read-only sql, outputs into the lake, the lock file, one-line failures
+
+
+def lake_copy(root, files, name):
+    """A copy of the built lake for a case that breaks something in it."""
+    import shutil
+
+    copy = files / f"{name}-lake"
+    if not copy.exists():
+        shutil.copytree(root, copy, symlinks=True)
+    return copy
+
+
+def case_sql_explain_analyze_copy(root, files, run_id):
+    return ["sql", f"EXPLAIN ANALYZE COPY (SELECT 'x' AS id_str) TO "
+                   f"'{root}/galaxies/split=test/data.parquet' (FORMAT parquet)"], ["refused"]
+
+
+def case_sql_explain_analyze_commented(root, files, run_id):
+    return ["sql", f"/* a */ EXPLAIN /* b */ ANALYZE -- c\n COPY galaxies TO "
+                   f"'{root}/galaxies/split=test/data.parquet'"], ["refused"]
+
+
+def case_sql_reads_outside_files(root, files, run_id):
+    return ["sql", f"SELECT * FROM read_text('{root}/galaxies/_table.json')"], ["sql"]
+
+
+def case_sql_output_through_dotdot(root, files, run_id):
+    target = f"{files}/../{root.name}/galaxies/split=test/data.parquet"
+    return ["sql", "SELECT 'x' AS id_str", "--format", "parquet", "--output", target], [
+        "inside the lake"]
+
+
+def case_sql_output_through_symlink(root, files, run_id):
+    link = files / "galaxies-link"
+    if not link.exists():
+        link.symlink_to(root / "galaxies")
+    return ["sql", "SELECT 'x' AS id_str", "--format", "parquet", "--output",
+            link / "split=test" / "data.parquet"], ["inside the lake"]
+
+
+def case_figures_out_into_a_table(root, files, run_id):
+    return ["figures", "--model", run_id, "--out", root / "galaxies" / "split=test"], [
+        "inside the lake"]
+
+
+def case_sql_nested_as_csv(root, files, run_id):
+    return ["sql", "SELECT * FROM embeddings", "--format", "csv"], ["nested", "embedding"]
+
+
+def case_lock_is_a_symlink(root, files, run_id):
+    copy = lake_copy(root, files, "lock-link")
+    outside = files / "precious.txt"
+    outside.write_text("keep me")
+    (copy / "_lock").unlink(missing_ok=True)
+    (copy / "_lock").symlink_to(outside)
+    return ["--lake", copy, "synth", "--n", "50"], ["symbolic link"]
+
+
+def case_lock_is_a_folder(root, files, run_id):
+    copy = lake_copy(root, files, "lock-dir")
+    if not (copy / "_lock").is_dir():
+        (copy / "_lock").unlink(missing_ok=True)
+        (copy / "_lock").mkdir()
+    return ["--lake", copy, "sql", "SELECT count(*) FROM galaxies"], ["folder"]
+
+
+def case_lock_timeout_not_a_number(root, files, run_id):
+    return ["synth", "--n", "50"], ["GALSAE_LOCK_TIMEOUT"], {"GALSAE_LOCK_TIMEOUT": "abc"}
+
+
+def case_corrupt_page(root, files, run_id):
+    # one flipped byte in a compressed data page: zstd fails (an OSError from Arrow)
+    import pyarrow.parquet as pq
+
+    copy = lake_copy(root, files, "corrupt-page")
+    path = copy / "galaxies" / "split=test" / "data.parquet"
+    column = pq.ParquetFile(path).metadata.row_group(0).column(0)
+    start = column.data_page_offset + 40
+    data = bytearray(path.read_bytes())
+    if not data[start:start + 16] == b"\xff" * 16:
+        data[start:start + 16] = b"\xff" * 16
+        path.write_bytes(bytes(data))
+    return ["--lake", copy, "sql", "SELECT * FROM galaxies"], []
+
+
+def case_garbage_partition_tables(root, files, run_id):
+    copy = lake_copy(root, files, "garbage")
+    (copy / "galaxies" / "split=test" / "data.parquet").write_bytes(b"PAR1 garbage PAR1")
+    return ["--lake", copy, "tables"], ["galaxies", "split=test"]
+
+
+def case_garbage_partition_read(root, files, run_id):
+    copy = lake_copy(root, files, "garbage-read")
+    (copy / "galaxies" / "split=test" / "data.parquet").write_bytes(b"PAR1 garbage PAR1")
+    return ["--lake", copy, "ingest", "embeddings", files / "toy.parquet", "--encoder", "x",
+            ], ["split=test"]
+
+
+def case_toml_binary(root, files, run_id):
+    path = files / "binary.toml"
+    path.write_bytes(bytes(range(256)) * 4)
+    return ["train-sae", "--encoder", "toy", "--config", path], ["toml"]
+
+
+def case_toml_deeply_nested(root, files, run_id):
+    path = scratch_file(files, "nested.toml", "x = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    return ["train-sae", "--encoder", "toy", "--config", path], ["nested"]
+
+
+def case_huge_dictionary(root, files, run_id):
+    return ["train-sae", "--encoder", "toy", "--config", "demo", "--set", "input_dim=16",
+            "--set", "group_sizes=[10000000000]", "--set", "top_k=4"], ["GiB", "group_sizes"]
+
+
+def case_csv_duplicate_header(root, files, run_id):
+    path = scratch_file(files, "twice.csv", f"id_str,{SMOOTH},{SMOOTH}\nx,0.5,0.7\n")
+    return ["ingest", "votes", path, "--split", "train"], ["twice"]
+
+
+def case_embeddings_upper_case_split(root, files, run_id):
+    return ["ingest", "embeddings", embeddings_file(files, "upper.parquet", np.ones((3, DIM)),
+                                                    split="TRAIN"), "--encoder", "toy"], [
+        "unknown split 'TRAIN'"]
+
+
+def case_embeddings_validation_split(root, files, run_id):
+    return ["ingest", "embeddings", embeddings_file(files, "val.parquet", np.ones((3, DIM)),
+                                                    split="validation"), "--encoder", "toy"], [
+        "unknown split 'validation'"]
+
+
 CASES = [value for name, value in sorted(globals().items()) if name.startswith("case_")]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__[5:] for c in CASES])
-def test_bad_input_leaves_the_lake_unchanged(built, case):
+def test_bad_input_leaves_the_lake_unchanged(built, case, monkeypatch):
     root, files, run_id = built
     if case is case_corrupt_images:
         corrupt = Lake(files / "corrupt-lake")
@@ -220,11 +352,25 @@ def test_bad_input_leaves_the_lake_unchanged(built, case):
                 tx.write("images", pa.table({"id_str": ["a", "b"],
                                              "image": [b"not a png", b"\x89PNG\r\n\x1a\n broken"]}),
                          partition={"split": "train"})
-    args, words = case(root, files, run_id)
+    args, words, *env = case(root, files, run_id)
+    for name, value in (env[0] if env else {}).items():
+        monkeypatch.setenv(name, value)
     if args[0] == "--lake":  # the case names its own lake
         assert_refused(args[1], args, *words, lake=False)
     else:
         assert_refused(root, args, *words)
+    assert lake_hash(root) == built_hash(built), f"{case.__name__} changed the built lake"
+    if case is case_lock_is_a_symlink:
+        assert (files / "precious.txt").read_text() == "keep me"
+
+
+_HASHES: dict = {}
+
+
+def built_hash(built) -> str:
+    """The built lake's hash, taken once (after the first case), so no case changes it."""
+    root = built[0]
+    return _HASHES.setdefault(str(root), lake_hash(root))
 
 
 def test_newer_schema_version_is_refused_by_every_writer(built, tmp_path):

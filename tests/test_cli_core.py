@@ -32,7 +32,7 @@ def lake(tmp_path):
 def test_tables_lists_rows_partitions_and_size(lake):
     result = cli("tables", "--format", "json", lake=lake.root)
     assert result.exit_code == 0, result.output
-    rows = {row["table"]: row for row in json.loads(result.output)}
+    rows = {row["table"]: row for row in map(json.loads, result.output.splitlines())}
     assert rows["galaxies"]["rows"] == 4 and rows["galaxies"]["partitions"] == 2
     assert rows["embeddings"]["rows"] == 4 and rows["embeddings"]["bytes"] > 0
     assert rows["votes"]["rows"] == 0
@@ -66,7 +66,9 @@ def test_sql_formats(lake, tmp_path):
     result = cli("sql", query, "--format", "csv", lake=lake.root)
     assert result.output.splitlines() == ["split,n", "test,2", "train,2"]
     result = cli("sql", query, "--format", "json", lake=lake.root)
-    assert json.loads(result.output) == [{"split": "test", "n": 2}, {"split": "train", "n": 2}]
+    # JSON lines: one object per row, streamed
+    assert [json.loads(line) for line in result.output.splitlines()] == [
+        {"split": "test", "n": 2}, {"split": "train", "n": 2}]
     assert "train" in cli("sql", query, lake=lake.root).output
     out = tmp_path / "result.parquet"
     result = cli("sql", query, "--format", "parquet", "--output", out, lake=lake.root)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import duckdb
@@ -249,8 +250,9 @@ def test_recovery_rolls_a_dead_commit_forward(tmp_path, monkeypatch):
         raise KeyboardInterrupt("killed after the journal was written")
 
     commit_dying(tx, monkeypatch, crash)
-    # the journal is still there; readers still see the old state
-    assert lake.read("galaxies")["id_str"].to_list() == ["old"]
+    # the journal is still there; the files are still the old ones
+    train = lake.root / "galaxies" / "split=train" / "data.parquet"
+    assert pl.read_parquet(train)["id_str"].to_list() == ["old"]
     assert any((lake.root / "_staging").rglob("_journal.json"))
     with lake.transaction("other") as other:  # the next writer recovers first
         other.write("truth", pl.DataFrame({"id_str": ["t"], "factor": ["f"], "value": [1.0],
@@ -347,3 +349,31 @@ def test_sidecar_round_trips_through_its_typed_class(tmp_path):
     assert train.matches({"weights": "w", "rows": 1}) and not train.matches({"weights": "v"})
     assert raw["partitions"]["split=train"]["written_at"] == train.written_at
     assert lake.info("galaxies").updated_at == train.written_at
+
+
+def test_readers_finish_a_dead_commit_before_reading(tmp_path, monkeypatch):
+    """A commit that died after its journal (e.g. SIGKILL) is rolled forward by the next reader
+    too: readers never see the tables of half a commit (issue #18, item 4)."""
+    lake = Lake(tmp_path / "lake")
+    with lake.transaction("synth") as tx:
+        tx.write("galaxies", galaxies(["old"], "train"))
+    tx = lake.transaction("train-sae").__enter__()
+    tx.write("galaxies", galaxies(["new"], "train"))
+    tx.write("truth", pl.DataFrame({"id_str": ["new"], "factor": ["f"], "value": [1.0],
+                                    "split": ["train"]}))
+    import galsae_lake.lake as lakemod
+
+    real = lakemod._apply_plan
+
+    def half(lake_, plan):  # the galaxies file moved, then killed before truth and the sidecars
+        entry = next(e for e in plan["entries"] if e["table"] == "galaxies")
+        os.replace(lake_.root / entry["staged"], lake_.root / entry["target"])
+        raise KeyboardInterrupt("killed half way through the renames")
+
+    commit_dying(tx, monkeypatch, half)
+    assert real is lakemod._apply_plan
+    assert not (lake.root / "truth").exists()  # on disk: half a commit
+    assert lake.read("truth")["id_str"].to_list() == ["new"]  # a reader sees all of it
+    assert lake.read("galaxies")["id_str"].to_list() == ["new"]
+    assert lake.info("galaxies").command == "train-sae"
+    assert not (lake.root / "_staging").exists()

@@ -38,8 +38,20 @@ WRITER = textwrap.dedent("""
 ROWS = 20_000
 
 
-def start_writer(root, tag, rounds, env=None):
-    return subprocess.Popen([sys.executable, "-c", WRITER, str(root), tag, str(rounds)],
+# a slow disk: every rename of a commit takes 30 ms, so a reader lands inside commits often
+SLOW_RENAMES = textwrap.dedent("""
+    import os, time
+    _replace = os.replace
+    def _slow(*args, **kwargs):
+        _replace(*args, **kwargs)
+        time.sleep(0.03)
+    os.replace = _slow
+""")
+
+
+def start_writer(root, tag, rounds, env=None, slow=False):
+    code = (SLOW_RENAMES if slow else "") + WRITER
+    return subprocess.Popen([sys.executable, "-c", code, str(root), tag, str(rounds)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **(env or {})})
 
@@ -201,3 +213,196 @@ def test_sigkill_of_a_real_command(tmp_path):
     for table, frame in expected.items():
         assert got[table].equals(frame), table
     assert not (root / "_staging").exists()
+
+
+# ---- issue #18: readers see whole commits; full disks; read-only lakes; one line per failure
+
+def test_readers_see_whole_commits_while_two_writers_commit(tmp_path):
+    """Lake.read and `sql` see every partition of a table from one commit (one marker), never
+    the new train partition with the old test one."""
+    from galsae_lake.lake import run_sql
+
+    root = tmp_path / "lake"
+    first = start_writer(root, "a", 1)
+    assert first.wait(timeout=120) == 0, first.stderr.read()
+    writers = [start_writer(root, "b", 2, slow=True), start_writer(root, "c", 2, slow=True)]
+    lake = Lake(root)
+    reads = 0
+    while any(w.poll() is None for w in writers):
+        frame = lake.read("galaxies")
+        assert frame.height == 3 * ROWS
+        assert frame["source"].n_unique() == 1, frame.group_by("split").agg(
+            pl.col("source").unique())
+        counted = run_sql(lake, "SELECT count(DISTINCT source) AS n, count(*) AS rows "
+                                "FROM galaxies")
+        assert counted.row(0) == (1, 3 * ROWS)
+        reads += 1
+    for w in writers:
+        assert w.returncode == 0, w.stderr.read()
+    assert reads > 1
+
+
+def _no_space(path):
+    import errno
+
+    return OSError(errno.ENOSPC, "No space left on device", str(path))
+
+
+def _tiny_lake(root):
+    lake = Lake(root)
+    with lake.transaction("synth") as tx:
+        tx.write("galaxies", pl.DataFrame({"id_str": ["old"], "source": "s", "ra": 1.0,
+                                           "dec": 2.0, "split": "train"}))
+    return lake
+
+
+def test_a_full_disk_in_the_sidecar_update_ends_applied(tmp_path, monkeypatch):
+    """ENOSPC after the journal: one line; the journal stays, no temporary file stays, and the
+    next reader (or writer) finishes the commit, with its sidecar."""
+    import galsae_lake.lake as lakemod
+    from galsae_lake.errors import LakeError
+
+    lake = _tiny_lake(tmp_path / "lake")
+    real = lakemod._write_durably
+
+    def full(path, text):
+        if path.name == "_table.json":
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            real(tmp.with_name("x"), "")  # something was written, then the disk filled
+            (tmp.with_name("x")).rename(tmp)
+            raise _no_space(tmp)
+        return real(path, text)
+
+    monkeypatch.setattr(lakemod, "_write_durably", full)
+    try:
+        with lake.transaction("train-sae") as tx:
+            tx.write("galaxies", pl.DataFrame({"id_str": ["new"], "source": "s", "ra": 1.0,
+                                               "dec": 2.0, "split": "train"}))
+            tx.write("truth", pl.DataFrame({"id_str": ["new"], "factor": "f", "value": 1.0,
+                                            "split": "train"}))
+        raise AssertionError("the commit should have failed")
+    except LakeError as exc:
+        message = str(exc)
+    assert "no space left on the lake's disk" in message and "journaled" in message
+    assert "\n" not in message
+    assert list((tmp_path / "lake").rglob("_journal.json"))  # kept for the roll-forward
+    monkeypatch.setattr(lakemod, "_write_durably", real)
+    assert Lake(lake.root).read("truth")["id_str"].to_list() == ["new"]  # a reader finishes it
+    assert Lake(lake.root).info("truth").command == "train-sae"
+    assert Lake(lake.root).info("galaxies").rows == 1
+    assert not (lake.root / "_staging").exists()
+    assert not list(lake.root.rglob("*.tmp"))
+
+
+def test_a_full_disk_while_staging_leaves_the_lake_as_it_was(tmp_path, monkeypatch):
+    import galsae_lake.lake as lakemod
+    from galsae_lake.testing import assert_one_line_error, cli, lake_hash
+
+    lake = _tiny_lake(tmp_path / "lake")
+    before = lake_hash(lake.root)
+
+    def full(table, path, **options):
+        path.write_bytes(b"PAR1 half")
+        raise _no_space(path)
+
+    monkeypatch.setattr(lakemod.pq, "write_table", full)
+    result = cli("synth", "--n", "60", lake=lake.root)
+    assert_one_line_error(result, "no space left on the lake's disk")
+    assert lake_hash(lake.root) == before
+
+
+def _mount_tmpfs(path, size: str) -> bool:
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                              capture_output=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+def test_a_really_full_disk(tmp_path):
+    """On a 2 MB tmpfs (root only; skipped where mounting is not allowed): synth fills the
+    disk; one line, and the lake is as it was."""
+    import pytest
+    from galsae_lake.testing import assert_one_line_error, lake_hash, run_cli
+
+    disk = tmp_path / "disk"
+    if not _mount_tmpfs(disk, "2m"):
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        root = disk / "lake"
+        assert run_cli("synth", "--n", "30", "--seed", "1", lake=root).returncode == 0
+        before = lake_hash(root)
+        result = run_cli("synth", "--n", "3000", "--seed", "2", lake=root)
+        assert_one_line_error(result, "no space left on the lake's disk")
+        assert lake_hash(root) == before
+        assert run_cli("tables", lake=root).returncode == 0
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True, timeout=20)
+
+
+def test_a_read_only_lake_is_one_line(tmp_path, monkeypatch):
+    """A lake this user cannot write: every writer fails in one line (PermissionError in
+    _staging before); readers still read it."""
+    import errno
+
+    from galsae_lake.testing import assert_one_line_error, cli, lake_hash
+
+    lake = _tiny_lake(tmp_path / "lake")
+    before = lake_hash(lake.root)
+    real_mkdir = os.mkdir
+
+    def read_only(path, *args, **kwargs):  # as a read-only mount answers (root ignores chmod)
+        if str(path).startswith(str(lake.root)):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", read_only)
+    for args in (["synth", "--n", "50"], ["pca", "--encoder", "x"]):
+        result = cli(*args, lake=lake.root)
+        assert_one_line_error(result, "permission denied" if args[0] == "synth" else "")
+    assert cli("sql", "SELECT count(*) AS n FROM galaxies", lake=lake.root).exit_code == 0
+    assert lake_hash(lake.root) == before
+
+
+def test_debug_keeps_the_traceback(tmp_path):
+    from galsae_lake.testing import run_cli
+
+    lake = _tiny_lake(tmp_path / "lake")
+    (lake.root / "galaxies" / "split=train" / "data.parquet").write_bytes(b"PAR1 garbage PAR1")
+    plain = run_cli("sql", "SELECT * FROM galaxies", lake=lake.root)
+    assert plain.returncode == 1 and "Traceback" not in plain.stderr
+    assert "split=train" in plain.stderr
+    debug = run_cli("--debug", "sql", "SELECT * FROM galaxies", lake=lake.root)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+def test_sql_json_is_json_lines_streamed(tmp_path):
+    from galsae_lake.testing import cli
+
+    lake = _tiny_lake(tmp_path / "lake")
+    result = cli("sql", "SELECT range AS i FROM range(200000)", "--format", "json", lake=lake.root)
+    lines = result.output.splitlines()
+    assert len(lines) == 200_000 and json.loads(lines[-1]) == {"i": 199_999}
+    result = cli("sql", "SELECT 1 AS i WHERE false", "--format", "json", lake=lake.root)
+    assert result.exit_code == 0 and result.output == ""
+    result = cli("sql", "SELECT 1 AS i WHERE false", "--format", "csv", lake=lake.root)
+    assert result.output.splitlines() == ["i"]
+
+
+def test_sql_sees_only_the_lake(tmp_path):
+    """The sql connection cannot read or write files, even where the parse would let it."""
+    import duckdb
+    import pytest
+
+    lake = _tiny_lake(tmp_path / "lake")
+    con = lake.connect(sandbox=True)
+    assert con.sql("SELECT count(*) FROM galaxies").fetchall() == [(1,)]
+    outside = tmp_path / "x.parquet"
+    for statement in (f"COPY (SELECT 1) TO '{outside}'",
+                      f"SELECT * FROM read_parquet('{lake.root}/galaxies/*/*.parquet')",
+                      "SET enable_external_access = true", f"ATTACH '{tmp_path}/db.duckdb'"):
+        with pytest.raises(duckdb.Error):
+            con.execute(statement)
+    assert not outside.exists()

@@ -45,16 +45,13 @@ def decode_image(data: bytes, size: int) -> np.ndarray:
     """PNG/JPEG bytes -> uint8 array (size, size, 3), RGB; raises on a corrupt image."""
     from PIL import Image
 
-    from PIL import UnidentifiedImageError
+    from galsae_lake.images import open_image, to_rgb
 
-    try:
-        img = Image.open(io.BytesIO(data))
-    except UnidentifiedImageError:
-        raise ValueError("not a readable PNG/JPEG image") from None
+    img = open_image(data)  # refuses an image over the pixel cap before decoding it
     with img:
         if img.format == "JPEG":
             img.draft("RGB", (size, size))  # let libjpeg downscale while decoding
-        img = img.convert("RGB")
+        img = to_rgb(img)
         if img.size != (size, size):
             img = img.resize((size, size), Image.BILINEAR)
         return np.asarray(img, dtype=np.uint8)

@@ -242,8 +242,10 @@ def thumbnail_url(image: bytes, size: int, fmt: str = "PNG") -> str:
     """A data: URL of the image scaled to ``size`` px on its longer side (RGB)."""
     from PIL import Image
 
-    with Image.open(io.BytesIO(image)) as im:
-        im = im.convert("RGB")
+    from galsae_lake.images import open_image, to_rgb
+
+    with open_image(image) as im:  # the pixel cap before decoding; 16-bit scaled
+        im = to_rgb(im)
         im.thumbnail((size, size), Image.Resampling.LANCZOS)
         if im.size != (size, size):  # upscale small cutouts so galleries line up
             im = im.resize((size, size), Image.Resampling.LANCZOS)

@@ -38,6 +38,7 @@ import pyarrow.parquet as pq
 
 from galsae_lake.errors import InputError
 from galsae_lake.lake import check_partition_value
+from galsae_lake.sources import check_split
 from galsae_lake.sources.ids import match_ids
 
 #: what ``join`` may be: keep every row, or only the galaxies of the catalogue (same split)
@@ -113,7 +114,7 @@ def _join_catalogue(lake, table: pa.Table, ids: list[str], join: str, where: str
                              f"galsae-lake ingest hf first, or keep every row with --join all)")
         log("no galaxies table to check the ids against")
         return table, ids, None
-    known = lake.scan("galaxies").select("id_str", pl.col("split").alias("_lake_split")).collect()
+    known = lake.read("galaxies").select("id_str", pl.col("split").alias("_lake_split"))
     try:
         joined, match = match_ids(pl.Series(ids, dtype=pl.String), known)
     except ValueError as exc:
@@ -169,8 +170,8 @@ def store_embeddings(lake, table: pa.Table, encoder: str, command: str,
     splits = table.column("split").to_pylist()
     if any(s is None for s in splits):
         raise InputError(f"{where}: some rows have no split")
-    for value in set(splits):
-        check_partition_value("split", value)
+    for value in sorted(set(splits)):
+        check_split(value)  # the one rule for splits, as `ingest votes` and `ingest hf` apply it
     dim = vectors.type.list_size
     replaced = set(splits)
     for part in lake.partitions("embeddings", encoder=encoder):
@@ -208,7 +209,7 @@ def _split_for(lake, ids: list[str], split: str | None, where: str) -> list[str]
         return [split] * len(ids)
     if not lake.exists("galaxies"):
         raise InputError(f"{where}: no split column; pass --split SPLIT")
-    catalogue = lake.scan("galaxies").select("id_str", "split").collect()
+    catalogue = lake.read("galaxies").select("id_str", "split")
     lookup = dict(zip(catalogue["id_str"].to_list(), catalogue["split"].to_list()))
     missing = [i for i in ids if i not in lookup]
     if missing:

@@ -32,6 +32,8 @@ def read_table(path: str | Path) -> pl.DataFrame:
         raise InputError(f"{path} is empty")
     with path.open("rb") as handle:
         parquet = handle.read(4) == b"PAR1"
+    if not parquet:
+        _check_csv_header(path)
     try:
         if parquet:
             frame = pl.read_parquet(path)
@@ -44,6 +46,25 @@ def read_table(path: str | Path) -> pl.DataFrame:
     if frame.height == 0:
         raise InputError(f"{path} has no rows")
     return frame
+
+
+def _check_csv_header(path: Path) -> None:
+    """Refuse a CSV whose header names a column twice (Polars would rename the second copy and
+    the label in it would be silently dropped)."""
+    import csv
+
+    try:
+        with path.open(newline="", encoding="utf-8", errors="replace") as handle:
+            header = next(csv.reader(handle, delimiter="\t" if path.suffix.lower() == ".tsv"
+                                     else ","), [])
+    except (OSError, csv.Error) as exc:
+        raise InputError(f"cannot read {path}: {exc}") from None
+    seen: set[str] = set()
+    for name in header:
+        if name in seen:
+            raise InputError(f"{path}: the header names column {name!r} twice; rename or drop "
+                             f"one copy")
+        seen.add(name)
 
 
 def ingest_votes(lake, path: str | Path, catalog: str = "volunteers", id_column: str = "id_str",
@@ -87,7 +108,7 @@ def ingest_votes(lake, path: str | Path, catalog: str = "volunteers", id_column:
         assigned = None
     # match ids to the lake's spelling (NEG vs -, a release prefix) where the lake knows the galaxy
     if lake.exists("galaxies"):
-        known = lake.scan("galaxies").select("id_str", pl.col("split").alias("_lake_split")).collect()
+        known = lake.read("galaxies").select("id_str", pl.col("split").alias("_lake_split"))
         try:
             matched, match = match_ids(frame["id_str"], known)
         except ValueError as exc:
