@@ -44,6 +44,7 @@ import scipy.sparse
 import scipy.stats
 
 from galsae_lake import gz
+from galsae_lake import labels as label_side
 from galsae_lake.errors import InputError
 from galsae_lake.lake import Lake, query, vectors
 from galsae_lake.models import Model, latest_pca, resolve_model
@@ -671,12 +672,17 @@ def spearman_sql(codes: Codes, labels: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return rho, n
 
 
-def analyze(lake: Lake, model_id: str, split: str = DEFAULT_SPLIT, catalog: str = DEFAULT_CATALOG,
-            exclude_question: str = gz.PRIMARY_QUESTION, permutations: int = DEFAULT_PERMUTATIONS,
-            seed: int = 0, reference_variant: bool = False, skip_empty_labels: bool = False,
+def analyze(lake: Lake, model_id: str, split: str = DEFAULT_SPLIT,
+            catalog: str | list[str] = DEFAULT_CATALOG, exclude_question: str | None = None,
+            permutations: int = DEFAULT_PERMUTATIONS, seed: int = 0,
+            reference_variant: bool = False, skip_empty_labels: bool = False,
             engine: str = "numpy", threads: int | None = None) -> dict[str, Any]:
     """Write feature_label_corr, feature_summary and label_null for (model_id, split).
 
+    ``catalog``: one catalog or several ("a,b" or a list; labels then named ``<catalog>:<label>``),
+    votes of any tree or plain labels (:mod:`galsae_lake.labels`); labels with no value on the
+    split are left out and listed in the result's ``empty_labels``. ``exclude_question`` None
+    leaves out the tree's root question in the secondary view (none for plain labels).
     ``reference_variant`` adds method ``sae_relu``: the reference code's (the seed's) dense ReLU
     activations of the same SAE (pre-activation > 0, no top-k), computed from the split's
     embeddings. ``seed`` is the random seed of the label shuffles. ``threads`` is DuckDB's
@@ -685,9 +691,7 @@ def analyze(lake: Lake, model_id: str, split: str = DEFAULT_SPLIT, catalog: str 
     started = time.perf_counter()
     if permutations < 0:
         raise InputError("--permutations must be >= 0")
-    if exclude_question and exclude_question not in gz.QUESTIONS:
-        raise InputError(f"--exclude-question {exclude_question!r} is not a Galaxy Zoo question; "
-                         f"one of: {', '.join(gz.QUESTIONS)}")
+    catalog = label_side.parse_catalogs(catalog)  # one or several catalogs (labels.py)
     if engine not in ("numpy", "sql"):
         raise InputError(f"engine must be numpy or sql, got {engine!r}")
     model = resolve_model(lake, model_id)
@@ -710,19 +714,19 @@ def _analyze(lake, con, model, split, catalog, exclude_question, permutations, s
              reference_variant, skip_empty_labels, engine, started):
     model_id = model.model_id
     ids = split_ids(lake, model.encoder, split)
-    all_labels = label_matrix(lake, ids, split, catalog, con, engine)
-    voted = ~np.isnan(all_labels).all(axis=1)
+    label_set = label_side.read_labels(lake, ids, split, catalog, exclude_question)
+    exclude_question = label_set.exclude_question
+    voted = ~np.isnan(label_set.values).all(axis=1)
     if not voted.any():
-        raise InputError(f"no votes for split {split!r} in catalog {catalog!r} match the "
+        raise InputError(f"no labels for split {split!r} in catalog {','.join(catalog)!r} match the "
                          f"{len(ids)} galaxies of {model.model_id!r}")
-    empty = [gz.LABEL_NAMES[j] for j in np.flatnonzero(np.isnan(all_labels[voted]).all(axis=0))]
-    if empty and not skip_empty_labels:
-        shown = ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
-        raise InputError(f"label(s) {shown} have no votes on split {split!r} (NaN everywhere); "
-                         f"pass --skip-empty-labels to analyze without them")
+    # labels with no value on the split are left out (and named in the result), not an error
+    filled = ~np.isnan(label_set.values[voted]).all(axis=0)
+    empty = [name for name, ok in zip(label_set.names, filled) if not ok]
+    label_set = label_set.without(filled)
     rows_of_split = np.full(len(ids), -1, np.int64)
     rows_of_split[voted] = np.arange(int(voted.sum()))
-    labels = all_labels[voted]
+    labels = label_set.values[voted]
     codes = read_codes(lake, model, split, rows_of_split, ids, con, engine)
     timings = {"read": time.perf_counter() - started}
     results = [compute(codes, labels, permutations, seed, engine, WORKERS)]
@@ -735,18 +739,19 @@ def _analyze(lake, con, model, split, catalog, exclude_question, permutations, s
         relu = Codes.from_dense("sae_relu", dense[voted], frequency_rows=dense)
         results.append(compute(relu, labels, permutations, seed, engine, WORKERS))
     mark = time.perf_counter()
-    tables = summarize(con, results, exclude_question)
+    tables = summarize(con, results, exclude_question, label_set.names, label_set.questions)
     timings["summarize"] = time.perf_counter() - mark
     mark = time.perf_counter()
-    parameters = {"model_id": model_id, "split": split, "catalog": catalog,
+    parameters = {"model_id": model_id, "split": split, "catalog": ",".join(catalog),
                   "exclude_question": exclude_question, "permutations": permutations,
                   "seed": seed, "reference_variant": reference_variant,
                   "skip_empty_labels": skip_empty_labels}
     partition = {"model_id": model_id, "split": split}
     info = {"kind": model.kind, "encoder": model.encoder, "n_features": model.n_features,
-            "catalog": catalog, "rows": int(voted.sum()), "galaxies": int(len(ids)),
-            "empty_labels": empty}
-    upstream = [model.codes.table, "votes"]
+            "catalog": ",".join(catalog), "rows": int(voted.sum()), "galaxies": int(len(ids)),
+            "empty_labels": empty, "labels": label_set.names,
+            "trees": {c.name: c.tree.name if c.tree else None for c in label_set.catalogs}}
+    upstream = [model.codes.table, *sorted({c.table for c in label_set.catalogs})]
     with lake.transaction("analyze", parameters, upstream=upstream) as tx:
         for name, table in tables.items():
             tx.write(name, table, partition=partition, info=info)
@@ -754,7 +759,7 @@ def _analyze(lake, con, model, split, catalog, exclude_question, permutations, s
     main = results[0]
     best = float(np.abs(main.rho).max()) if main.rho.size else 0.0
     return {"model_id": model_id, "kind": model.kind, "split": split, "rows": int(voted.sum()),
-            "features": model.n_features, "labels": len(gz.LABEL_NAMES) - len(empty),
+            "features": model.n_features, "labels": len(label_set.names), "empty_labels": empty,
             "max_abs_spearman": best, "median_novelty": float(np.median(main.novelty)),
             "null_q95_median": float(np.median(np.quantile(main.null, 0.95, axis=0)))
             if permutations else None,
@@ -773,9 +778,15 @@ def _by_label(method: str, row_name: str, matrix: np.ndarray, value_name: str) -
 
 
 def summarize(con: duckdb.DuckDBPyConnection, results: list[MethodResult],
-              exclude_question: str | None) -> dict[str, pa.Table]:
-    """feature_label_corr, feature_summary (sql/feature_summary.sql) and label_null tables."""
-    L = len(gz.LABEL_NAMES)
+              exclude_question: str | None, label_names: list[str] | None = None,
+              questions: list[str] | None = None) -> dict[str, pa.Table]:
+    """feature_label_corr, feature_summary (sql/feature_summary.sql) and label_null tables.
+
+    ``label_names`` / ``questions``: the analyzed labels and their questions (default: Euclid's)."""
+    label_names = list(gz.LABEL_NAMES) if label_names is None else list(label_names)
+    if questions is None:
+        questions = [gz.question_of(name) for name in label_names]
+    L = len(label_names)
     corr_parts, stat_parts, null_parts = [], [], []
     for result in results:
         F = result.rho.shape[0]
@@ -789,15 +800,15 @@ def summarize(con: duckdb.DuckDBPyConnection, results: list[MethodResult],
         }))
         null_parts.append(_by_label(result.method, "permutation", result.null, "max_abs_spearman"))
     con.register("label_names", pa.table({
-        "label": pa.array(gz.LABEL_NAMES),
+        "label": pa.array(label_names, pa.string()),
         "label_index": pa.array(np.arange(L, dtype=np.int32)),
-        "question": pa.array([gz.question_of(name) for name in gz.LABEL_NAMES])}))
+        "question": pa.array(questions, pa.string())}))
     corr_values = pa.concat_tables(corr_parts)
     con.register("corr_values", corr_values)
     con.register("feature_stats", pa.concat_tables(stat_parts))
     con.register("null_samples", pa.concat_tables(null_parts))
     params = {"exclude_question": exclude_question or ""}
-    names = pa.array(gz.LABEL_NAMES)
+    names = pa.array(label_names, pa.string())
     corr = pa.table({  # already in (method, feature, label) order
         "method": corr_values.column("method"), "feature": corr_values.column("feature"),
         "label": pa.DictionaryArray.from_arrays(

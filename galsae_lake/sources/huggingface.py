@@ -22,7 +22,9 @@ import polars as pl
 import pyarrow as pa
 
 from galsae_lake.errors import InputError
-from galsae_lake.sources import check_ids, check_split, has_labels, label_columns, votes_long
+from galsae_lake import trees
+from galsae_lake.labels import catalog_row
+from galsae_lake.sources import assign_split, check_ids, check_split, folder, label_columns, votes_long
 
 #: column pairs tried, in order, for a galaxy's position
 POSITION_COLUMNS = (("ra", "dec"), ("right_ascension", "declination"),
@@ -36,6 +38,8 @@ def _open(dataset: str, config: str | None, streaming: bool):
     import datasets
 
     path = Path(dataset).expanduser()
+    if folder.metadata_file(path) is not None:  # cutouts + metadata.csv (the image-folder convention)
+        return folder.load_folder(path)  # local files, read whole: no need to stream
     try:
         if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
             loaded = datasets.load_from_disk(str(path))
@@ -76,6 +80,17 @@ def _image_bytes(value: Any) -> bytes | None:
     return buffer.getvalue()
 
 
+def _one_split(loaded: dict, splits: list[str]) -> str | None:
+    """A source with one split only (an image folder without train/test folders) is split
+    reproducibly by :func:`galsae_lake.sources.assign_split`: returns the split it came as."""
+    if len(loaded) != 1 or all(split in loaded for split in splits):
+        return None
+    (only, data), = loaded.items()
+    for split in splits:
+        loaded[split] = data
+    return only
+
+
 def _columns_of(split_data) -> list[str]:
     names = getattr(split_data, "column_names", None)
     if names:
@@ -110,7 +125,11 @@ def ingest_hf(lake, dataset: str = "mwalmsley/gz_euclid", config: str | None = N
     splits = list(dict.fromkeys(splits))
     if not splits:
         raise InputError("no split given")
+    for split in splits:
+        check_split(split)
+    image_folder = folder.metadata_file(Path(dataset).expanduser()) is not None
     loaded = _open(dataset, config, streaming)
+    assigned = _one_split(loaded, splits)
     for split in splits:
         check_split(split, loaded)
     source = dataset_source(dataset)
@@ -120,29 +139,36 @@ def ingest_hf(lake, dataset: str = "mwalmsley/gz_euclid", config: str | None = N
         columns = _columns_of(data)
         if ID_COLUMN not in columns:
             raise InputError(f"split {split} of {dataset} has no id column {ID_COLUMN!r}")
-        if not has_labels(columns):
-            raise InputError(f"split {split} of {dataset} has no Galaxy Zoo label columns")
-        label_columns(columns)  # raises on two columns naming the same label
+        if image_folder and not trees.reads_any(columns):
+            tree = None  # cutouts without votes: galaxies and images only (ingest labels adds labels)
+        else:
+            tree = trees.detect(columns).tree  # one line naming the closest tree if none fits
+        if tree is not None:
+            label_columns(columns, tree)  # raises on two columns naming the same label
         features = getattr(data, "features", None) or {}
         if isinstance(features.get(IMAGE_COLUMN), datasets.Image):
             # keep the stored bytes: no decode / re-encode round trip
             data = data.cast_column(IMAGE_COLUMN, datasets.Image(decode=False))
+        if assigned is not None:
+            data = data.filter(lambda i, s=split: assign_split(str(i)) == s, input_columns=[ID_COLUMN])
         if limit is not None:
             data = data.take(limit) if hasattr(data, "take") else data.select(range(min(limit, len(data))))
         position = next(((a, b) for a, b in POSITION_COLUMNS if a in columns and b in columns), None)
         wanted = [c for c in columns if c == ID_COLUMN or c in (position or ())
-                  or (c != IMAGE_COLUMN and _is_label(c))]
-        plans[split] = (data, wanted, position, IMAGE_COLUMN in columns)
+                  or (c != IMAGE_COLUMN and tree is not None and tree.parse_column(c) is not None)]
+        plans[split] = (data, wanted, position, IMAGE_COLUMN in columns, tree)
 
     params = {"dataset": dataset, "config": config, "splits": splits, "limit": limit}
-    summary: dict[str, Any] = {"source": source, "splits": {}, "images_missing": 0}
+    summary: dict[str, Any] = {"source": source, "splits": {}, "images_missing": 0,
+                               "split_assigned_from": assigned, "tree": None}
     seen: set[str] = set()
     with lake.transaction("ingest hf", params, upstream=[]) as tx:
-        for split, (data, wanted, position, has_image) in plans.items():
+        for split, (data, wanted, position, has_image, tree) in plans.items():
             info = {"dataset": dataset, "config": config}
             galaxies = tx.writer("galaxies", {"split": split}, info=info)
             images = tx.writer("images", {"split": split}, info=info) if has_image else None
-            votes = tx.writer("votes", {"catalog": catalog, "split": split}, info=info)
+            votes = (tx.writer("votes", {"catalog": catalog, "split": split}, info=info)
+                     if tree is not None else None)
             rows = missing = 0
             batches = data.iter(batch_size=batch_size)
             if progress:
@@ -158,7 +184,8 @@ def ingest_hf(lake, dataset: str = "mwalmsley/gz_euclid", config: str | None = N
                 dec = frame[position[1]].cast(pl.Float64) if position else pl.Series([None] * frame.height, dtype=pl.Float64)
                 galaxies.write(pl.DataFrame({"id_str": ids, "source": [source] * frame.height,
                                              "ra": ra, "dec": dec}))
-                votes.write(votes_long(frame))
+                if votes is not None:
+                    votes.write(votes_long(frame, tree=tree))
                 if images is not None:
                     blobs = [_image_bytes(v) for v in batch[IMAGE_COLUMN]]
                     keep = [i for i, blob in enumerate(blobs) if blob is not None]
@@ -170,20 +197,18 @@ def ingest_hf(lake, dataset: str = "mwalmsley/gz_euclid", config: str | None = N
             if rows == 0:
                 raise InputError(f"split {split} of {dataset} has no rows")
             galaxies.close()
-            votes.close()
+            if votes is not None:
+                votes.close()
             if images is not None:
                 if images.rows:
                     images.info["images_missing"] = missing
                     images.close()
             summary["splits"][split] = rows
             summary["images_missing"] += missing
+        if tree is not None:
+            summary["tree"] = tree.name
+            tx.write("catalogs", catalog_row(catalog, "votes", tree.name, len(tree.label_names), dataset))
     return summary
-
-
-def _is_label(column: str) -> bool:
-    from galsae_lake import gz
-
-    return gz.parse_column(column) is not None
 
 
 def _frame(batch: dict[str, list], wanted: list[str]) -> pl.DataFrame:
