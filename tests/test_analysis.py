@@ -401,7 +401,7 @@ def test_cli_label_without_votes_is_left_out_with_a_note(tmp_path):
     corr = lake.read("feature_label_corr", model_id=RUN_ID, split="test")
     assert "bar_weak" not in corr["label"].to_list() and corr["label"].n_unique() == 45
     info = lake.partition_info("feature_summary", model_id=RUN_ID, split="test")
-    assert info["empty_labels"] == ["bar_weak"]
+    assert info.recorded["empty_labels"] == ["bar_weak"]
 
 
 @pytest.mark.parametrize("cache_bytes, by_row", [(analysis.SHUFFLE_CACHE_BYTES, False), (0, True)])

@@ -275,7 +275,7 @@ def test_two_catalogs_in_one_analysis_prefix_their_labels(tmp_path):
     labels = lake.read("feature_label_corr", model_id=RUN_ID, split="test")["label"].unique().to_list()
     assert "flags:ring" in labels and "volunteers:bar_strong" in labels
     info = lake.partition_info("feature_summary", model_id=RUN_ID, split="test")
-    assert info["exclude_question"] == "volunteers:smooth-or-featured"
+    assert info.parameters["exclude_question"] == "volunteers:smooth-or-featured"
     best = lake.read("feature_summary", model_id=RUN_ID, split="test")["best_label_secondary"]
     assert not any(str(b).startswith("volunteers:smooth-or-featured_") for b in best.drop_nulls())
     # single-catalog analysis of the same model keeps the plain names
