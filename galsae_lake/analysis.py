@@ -17,7 +17,7 @@ run or ``pca_scores`` of a PCA) and the split's ``votes``, and writes, for parti
   feature SAE gets more chances than 64 PCA components, and the null says how much.
 
 How the work is split: DuckDB reads the codes and votes (``sql/analysis_codes.sql``,
-``sql/label_values.sql``) into one connection with an explicit memory limit, thread count and
+``sql/label_values.sql``, run by :func:`galsae_lake.labels.read_labels`) into one connection with an explicit memory limit, thread count and
 spill directory. Two engines compute the same numbers (tested to 1e-9): ``duckdb`` (the default,
 ``galsae_lake.duckdb_engine``: the Spearman matrix and the novelty projections in SQL, the codes
 never leaving DuckDB) and ``numpy`` (``galsae_lake.numpy_engine``: BLAS and scipy.sparse on codes
@@ -38,6 +38,7 @@ import numpy as np
 import pyarrow as pa
 
 from galsae_lake import duckdb_engine, gz, numpy_engine
+from galsae_lake import labels as label_side
 from galsae_lake.errors import InputError
 from galsae_lake.lake import Lake, query, vectors
 from galsae_lake.models import Model, latest_pca, resolve_model
@@ -76,32 +77,6 @@ def split_ids(lake: Lake, encoder: str, split: str) -> np.ndarray:
     else:
         raise InputError(f"split {split!r} has no embeddings for encoder {encoder!r} and no galaxies")
     return ids.column("id_str").to_numpy(zero_copy_only=False).astype(object)
-
-
-def label_matrix(lake: Lake, ids: np.ndarray, split: str, catalog: str,
-                 con: duckdb.DuckDBPyConnection) -> np.ndarray:
-    """[galaxies x 46] vote fractions in gz.LABEL_NAMES order, NaN where missing or not asked.
-
-    The one place the analysis loads its labels (``sql/label_values.sql``); row i is ``ids[i]``.
-    """
-    if not lake.exists("votes", catalog=catalog, split=split):
-        have = sorted({p["catalog"] + "/" + p["split"] for p in lake.partitions("votes")})
-        raise InputError(f"no votes for split {split!r} in catalog {catalog!r}"
-                         + (f" (votes exist for {', '.join(have)})" if have else
-                            "; ingest votes first (galsae-lake ingest votes FILE)"))
-    matrix = np.full((len(ids), len(gz.LABEL_NAMES)), np.nan)
-    con.register("split_ids", pa.table({"id_str": pa.array(ids, pa.string()),
-                                        "row": pa.array(np.arange(len(ids), dtype=np.int32))}))
-    con.register("label_names", pa.table({
-        "label": pa.array(gz.LABEL_NAMES),
-        "label_index": pa.array(np.arange(len(gz.LABEL_NAMES), dtype=np.int32))}))
-    con.execute(f"CREATE OR REPLACE TEMP VIEW votes_source AS SELECT * FROM "
-                f"{lake.duckdb_source('votes', catalog=catalog, split=split)}")
-    long = con.sql(query("label_values")).to_arrow_table()  # (fetchnumpy would import pandas)
-    matrix[long.column("row").to_numpy(), long.column("label_index").to_numpy()] = \
-        long.column("fraction").to_numpy()
-    con.unregister("split_ids")
-    return matrix
 
 
 def load_codes(lake: Lake, model: Model, split: str, rows_of_split: np.ndarray, ids: np.ndarray,
@@ -205,14 +180,19 @@ def compute(con: duckdb.DuckDBPyConnection, method: str, n_features: int, freque
     return MethodResult(method, rho, n, novelty, frequency, null)
 
 
-def analyze(lake: Lake, model_id: str, split: str = DEFAULT_SPLIT, catalog: str = DEFAULT_CATALOG,
-            exclude_question: str = gz.PRIMARY_QUESTION, permutations: int = DEFAULT_PERMUTATIONS,
-            seed: int = 0, reference_variant: bool = False, skip_empty_labels: bool = False,
+def analyze(lake: Lake, model_id: str, split: str = DEFAULT_SPLIT,
+            catalog: str | list[str] = DEFAULT_CATALOG, exclude_question: str | None = None,
+            permutations: int = DEFAULT_PERMUTATIONS, seed: int = 0,
+            reference_variant: bool = False, skip_empty_labels: bool = False,
             engine: str = "duckdb", threads: int | None = None,
             memory_limit: str = MEMORY_LIMIT, temp_directory: str | None = None,
             control: str | None = None) -> dict[str, Any]:
     """Write feature_label_corr, feature_summary and label_null for (model_id, split).
 
+    ``catalog``: one catalog or several ("a,b" or a list; labels then named ``<catalog>:<label>``),
+    votes of any tree or plain labels (:mod:`galsae_lake.labels`); labels with no value on the
+    split are left out and listed in the result's ``empty_labels``. ``exclude_question`` None
+    leaves out the tree's root question in the secondary view (none for plain labels).
     ``reference_variant`` adds method ``sae_relu``: the reference code's (the seed's) dense ReLU
     activations of the same SAE (pre-activation > 0, no top-k), computed from the split's
     embeddings. ``seed`` is the random seed of the label shuffles. ``engine``: duckdb
@@ -226,9 +206,7 @@ def analyze(lake: Lake, model_id: str, split: str = DEFAULT_SPLIT, catalog: str 
     started = time.perf_counter()
     if permutations < 0:
         raise InputError("--permutations must be >= 0")
-    if exclude_question and exclude_question not in gz.QUESTIONS:
-        raise InputError(f"--exclude-question {exclude_question!r} is not a Galaxy Zoo question; "
-                         f"one of: {', '.join(gz.QUESTIONS)}")
+    catalog = label_side.parse_catalogs(catalog)  # one or several catalogs (labels.py)
     if engine not in ENGINES:
         raise InputError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     if temp_directory is not None and not os.path.isdir(temp_directory):
@@ -263,20 +241,19 @@ def _analyze(lake, con, model, split, catalog, exclude_question, permutations, s
 
     model_id = model.model_id
     ids = split_ids(lake, model.encoder, split)
-    all_labels = label_matrix(lake, ids, split, catalog, con)
-    voted = ~np.isnan(all_labels).all(axis=1)
+    label_set = label_side.read_labels(lake, ids, split, catalog, exclude_question, con)
+    exclude_question = label_set.exclude_question
+    voted = ~np.isnan(label_set.values).all(axis=1)
     if not voted.any():
-        raise InputError(f"no votes for split {split!r} in catalog {catalog!r} match the "
+        raise InputError(f"no labels for split {split!r} in catalog {','.join(catalog)!r} match the "
                          f"{len(ids)} galaxies of {model.model_id!r}")
-    empty = [gz.LABEL_NAMES[j] for j in np.flatnonzero(np.isnan(all_labels[voted]).all(axis=0))]
-    if empty and not skip_empty_labels:
-        shown = ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
-        raise InputError(f"label(s) {shown} have no votes on split {split!r} (NaN everywhere); "
-                         f"pass --skip-empty-labels to analyze without them")
+    # labels with no value on the split are left out (and named in the result), not an error
+    filled = ~np.isnan(label_set.values[voted]).all(axis=0)
+    empty = [name for name, ok in zip(label_set.names, filled) if not ok]
+    label_set = label_set.without(filled)
     rows_of_split = np.full(len(ids), -1, np.int64)
     rows_of_split[voted] = np.arange(int(voted.sum()))
-    labels = all_labels[voted]
-    del all_labels
+    labels = label_set.values[voted]
     controls = None
     if control:
         controls = discovery.control_matrix(lake, ids[voted], split, control)[0]
@@ -298,7 +275,7 @@ def _analyze(lake, con, model, split, catalog, exclude_question, permutations, s
         results.append(compute(con, relu.method, relu.n_features, relu.frequency, labels,
                                permutations, seed, engine, WORKERS, codes=relu, control=controls))
     mark = time.perf_counter()
-    tables = summarize(con, results, exclude_question)
+    tables = summarize(con, results, exclude_question, label_set.names, label_set.questions)
     siblings = discovery.sibling_runs(lake, model_id) if model.kind == "sae" else []
     stable = discovery.stability(lake, model_id, siblings) if siblings else None
     if stable is None:  # no other seed to compare with (or a PCA): stability unknown
@@ -308,15 +285,16 @@ def _analyze(lake, con, model, split, catalog, exclude_question, permutations, s
         band=discovery.FREQUENCY_BAND if model.kind == "sae" else (0.0, 1.0))
     timings["summarize"] = time.perf_counter() - mark
     mark = time.perf_counter()
-    parameters = {"model_id": model_id, "split": split, "catalog": catalog,
+    parameters = {"model_id": model_id, "split": split, "catalog": ",".join(catalog),
                   "exclude_question": exclude_question, "permutations": permutations,
                   "seed": seed, "reference_variant": reference_variant,
                   "skip_empty_labels": skip_empty_labels, "control": control}
     partition = {"model_id": model_id, "split": split}
     info = {"kind": model.kind, "encoder": model.encoder, "n_features": model.n_features,
-            "catalog": catalog, "rows": int(voted.sum()), "galaxies": int(len(ids)),
-            "empty_labels": empty, "stability_runs": siblings}
-    upstream = [model.codes.table, "votes"]
+            "catalog": ",".join(catalog), "rows": int(voted.sum()), "galaxies": int(len(ids)),
+            "empty_labels": empty, "labels": label_set.names, "stability_runs": siblings,
+            "trees": {c.name: c.tree.name if c.tree else None for c in label_set.catalogs}}
+    upstream = [model.codes.table, *sorted({c.table for c in label_set.catalogs})]
     with lake.transaction("analyze", parameters, upstream=upstream) as tx:
         for name, table in tables.items():
             tx.write(name, table, partition=partition, info=info)
@@ -324,7 +302,7 @@ def _analyze(lake, con, model, split, catalog, exclude_question, permutations, s
     main = results[0]
     best = float(np.abs(main.rho).max()) if main.rho.size else 0.0
     return {"model_id": model_id, "kind": model.kind, "split": split, "rows": int(voted.sum()),
-            "features": model.n_features, "labels": len(gz.LABEL_NAMES) - len(empty),
+            "features": model.n_features, "labels": len(label_set.names), "empty_labels": empty,
             "max_abs_spearman": best, "median_novelty": float(np.median(main.novelty)),
             "null_q95_median": float(np.median(np.quantile(main.null, 0.95, axis=0)))
             if permutations else None,
@@ -343,9 +321,15 @@ def _by_label(method: str, row_name: str, matrix: np.ndarray, value_name: str) -
 
 
 def summarize(con: duckdb.DuckDBPyConnection, results: list[MethodResult],
-              exclude_question: str | None) -> dict[str, pa.Table]:
-    """feature_label_corr, feature_summary (sql/feature_summary.sql) and label_null tables."""
-    L = len(gz.LABEL_NAMES)
+              exclude_question: str | None, label_names: list[str] | None = None,
+              questions: list[str] | None = None) -> dict[str, pa.Table]:
+    """feature_label_corr, feature_summary (sql/feature_summary.sql) and label_null tables.
+
+    ``label_names`` / ``questions``: the analyzed labels and their questions (default: Euclid's)."""
+    label_names = list(gz.LABEL_NAMES) if label_names is None else list(label_names)
+    if questions is None:
+        questions = [gz.question_of(name) for name in label_names]
+    L = len(label_names)
     corr_parts, stat_parts, null_parts = [], [], []
     for result in results:
         F = result.rho.shape[0]
@@ -359,15 +343,15 @@ def summarize(con: duckdb.DuckDBPyConnection, results: list[MethodResult],
         }))
         null_parts.append(_by_label(result.method, "permutation", result.null, "max_abs_spearman"))
     con.register("label_names", pa.table({
-        "label": pa.array(gz.LABEL_NAMES),
+        "label": pa.array(label_names, pa.string()),
         "label_index": pa.array(np.arange(L, dtype=np.int32)),
-        "question": pa.array([gz.question_of(name) for name in gz.LABEL_NAMES])}))
+        "question": pa.array(questions, pa.string())}))
     corr_values = pa.concat_tables(corr_parts)
     con.register("corr_values", corr_values)
     con.register("feature_stats", pa.concat_tables(stat_parts))
     con.register("null_samples", pa.concat_tables(null_parts))
     params = {"exclude_question": exclude_question or ""}
-    names = pa.array(gz.LABEL_NAMES)
+    names = pa.array(label_names, pa.string())
     corr = pa.table({  # already in (method, feature, label) order
         "method": corr_values.column("method"), "feature": corr_values.column("feature"),
         "label": pa.DictionaryArray.from_arrays(

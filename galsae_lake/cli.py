@@ -17,7 +17,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from galsae_lake import __version__
-from galsae_lake.cli_options import (IMAGE_FORMATS, CommaList, catalog_option, device_option,
+from galsae_lake.cli_options import (IMAGE_FORMATS, CommaList, catalog_file_options, catalog_option,
+                                     device_option,
                                      image_format_option, output_options, quiet_option,
                                      split_option, splits_option)
 from galsae_lake.errors import GalsaeError, first_line
@@ -280,14 +281,18 @@ def ingest_hf_command(ctx: click.Context, dataset: str, config: str | None,
 
     An image dataset without Galaxy Zoo label columns (mwalmsley/euclid_q1, configuration
     v1-gz_arcsinh_vis_y: the seed's MAE path) fills galaxies and images only. Prints the rows
-    read per split.
-    """
+    read per split. --dataset is a hub name, a local copy in the hub's layout, or a folder of
+    cutouts (JPEG, PNG or FITS) with a metadata.csv whose file_name column names each image (the
+    Hugging Face image-folder convention; see docs/sources.md)."""
     from galsae_lake.sources.huggingface import ingest_hf
 
     summary = ingest_hf(lake_of(ctx), dataset, config=config, splits=splits, limit=limit,
                         catalog=catalog, progress=not quiet, votes=not no_votes)
     parts = ", ".join(f"{k} {v}" for k, v in summary["splits"].items())
-    wrote = (f"votes[catalog={catalog}]" if summary["votes"] else
+    if summary.get("split_assigned_from"):
+        echo_err(f"the source has one split ({summary['split_assigned_from']}): train/test assigned "
+                 f"by a hash of each id (20% test)")
+    wrote = (f"votes[catalog={catalog}] (tree {summary['tree']})" if summary["votes"] else
              "no votes (" + ("--no-votes" if no_votes else "no Galaxy Zoo label columns") + ")")
     click.echo(f"ingest hf: {summary['source']} ({parts}; {sum(summary['splits'].values())} in "
                f"all); wrote galaxies, images, {wrote}"
@@ -301,26 +306,58 @@ def ingest_hf_command(ctx: click.Context, dataset: str, config: str | None,
     "  galsae-lake ingest votes bars.parquet --catalog bars"))
 @click.argument("file", type=click.Path(dir_okay=False))
 @catalog_option(help="The votes catalog to write.")
-@click.option("--id-column", default="id_str", show_default=True)
-@click.option("--split-column", default="split", show_default=True,
-              help="Column naming each galaxy's split (else the lake's galaxies decide).")
-@click.option("--split", type=click.Choice(["train", "test"]), default=None,
-              help="Put every row in this split.")
+@catalog_file_options
+@click.option("--tree", default="auto", show_default=True,
+              help="The Galaxy Zoo tree: auto (from the column names) or one of "
+                   "euclid, cosmic-dawn, desi, decals-dr5, decals-dr8, decals-dr12, gz2, ukidss, "
+                   "hubble, candels, jwst, jwst-cosmos.")
 @click.pass_context
 def ingest_votes_command(ctx: click.Context, file: str, catalog: str, id_column: str,
-                         split_column: str, split: str | None) -> None:
-    """Read Galaxy Zoo votes or predicted fractions (Parquet or CSV, one row per galaxy)."""
+                         split_column: str, split: str | None, tree: str) -> None:
+    """Read Galaxy Zoo votes or predicted fractions (Parquet or CSV, one row per galaxy) of any
+    campaign's tree; prints the tree it chose."""
     from galsae_lake.sources.files import ingest_votes
 
     summary = ingest_votes(lake_of(ctx), file, catalog=catalog, id_column=id_column,
-                           split_column=split_column, split=split)
+                           split_column=split_column, split=split, tree=tree)
+    echo_err(summary["detection"])
+    _ingested("votes", summary, f"votes[catalog={catalog}] (tree {summary['tree']})")
+
+
+def _ingested(command: str, summary: dict, wrote: str) -> None:
+    """The one summary line of a catalogue ingest (ids matched, galaxies per split, what it
+    wrote, skips)."""
     if summary.get("id_match"):
         from galsae_lake.sources.ids import IdMatch
 
-        echo_err(IdMatch(**summary["id_match"]).line(f"votes[catalog={catalog}]"))
+        echo_err(IdMatch(**summary["id_match"]).line(wrote.split(" ")[0]))
     parts = ", ".join(f"{k} {v}" for k, v in summary["splits"].items())
-    click.echo(f"ingest votes: {summary['galaxies']} galaxies ({parts}); wrote votes[catalog={catalog}]"
+    click.echo(f"ingest {command}: {summary['galaxies']} galaxies ({parts}); wrote {wrote}"
                + (f"; {summary['unmatched']} ids not in the lake skipped" if summary["unmatched"] else ""))
+
+
+@ingest.command("labels", epilog=example(
+    "galsae-lake synth --n 200\n"
+    "  galsae-lake sql \"SELECT id_str, split, random() AS redshift, (random() < 0.1)::INT AS ring "
+    "FROM galaxies\" --format csv -o flags.csv\n"
+    "  galsae-lake ingest labels flags.csv --catalog flags"))
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--catalog", default=None, help="Catalog to write [default: the file's name].")
+@click.option("--columns", default=None,
+              help="Comma-separated label columns [default: every numeric column].")
+@catalog_file_options
+@click.pass_context
+def ingest_labels_command(ctx: click.Context, file: str, catalog: str | None, columns: str | None,
+                          id_column: str, split_column: str, split: str | None) -> None:
+    """Read numeric columns of FILE (Parquet or CSV, one row per galaxy) as labels without a
+    tree: continuous values or 0/1 flags, NULL or NaN for unknown."""
+    from galsae_lake.sources.files import ingest_labels
+
+    names = [c.strip() for c in columns.split(",") if c.strip()] if columns else None
+    summary = ingest_labels(lake_of(ctx), file, catalog=catalog, columns=names, id_column=id_column,
+                            split_column=split_column, split=split)
+    kinds = ", ".join(f"{c}{' (0/1)' if c in summary['binary'] else ''}" for c in summary["labels"])
+    _ingested("labels", summary, f"labels[catalog={summary['catalog']}]: {kinds}")
 
 
 # ---- figures ----
@@ -414,9 +451,11 @@ def pca(ctx: click.Context, encoder: str, n_components: int, fit_split: str) -> 
 @click.option("--model", "model_id", required=True,
               help="An SAE run_id (sae-...) or a pca_id (pca-...).")
 @split_option("test", help="Split to analyze.")
-@catalog_option(help="The votes catalog whose labels to correlate with.")
-@click.option("--exclude-question", default="smooth-or-featured", show_default=True,
-              help="Question left out of the secondary view ('' keeps all labels).")
+@catalog_option(help="Label catalog(s), comma-separated: votes of any tree or plain labels "
+                     "(several: labels named CATALOG:LABEL).")
+@click.option("--exclude-question", default=None,
+              help="Question left out of the secondary view [default: the catalog tree's root, "
+                   "smooth-or-featured; none for plain labels] ('' keeps all labels).")
 @click.option("--permutations", default=20, show_default=True, type=click.IntRange(min=0),
               help="Label shuffles for the permutation null (0 = none).")
 @click.option("--seed", default=0, show_default=True, help="Random seed of the shuffles.")
@@ -424,7 +463,8 @@ def pca(ctx: click.Context, encoder: str, n_components: int, fit_split: str) -> 
               help="Also analyze the reference code's (the seed's) dense ReLU activations "
                    "(method sae_relu).")
 @click.option("--skip-empty-labels", is_flag=True,
-              help="Analyze without labels that have no votes on the split (rho 0, n 0).")
+              help="Kept for old scripts: labels with no value on the split are always left "
+                   "out, with a note.")
 @click.option("--with-pca", is_flag=True,
               help="For an SAE: also analyze the newest PCA of its encoder and print the comparison.")
 @click.option("--engine", type=click.Choice(["duckdb", "numpy"]), default="duckdb",
@@ -440,10 +480,10 @@ def pca(ctx: click.Context, encoder: str, n_components: int, fit_split: str) -> 
               help="Fit novelty on the labels plus these non-morphological columns: 'truth' (the "
                    "synthetic world's flux, size, axis ratio, PSF, sky) or a votes catalog.")
 @click.pass_context
-def analyze(ctx: click.Context, model_id: str, split: str, catalog: str, exclude_question: str,
-            permutations: int, seed: int, reference_variant: bool, skip_empty_labels: bool,
-            with_pca: bool, engine: str, memory_limit: str, temp_directory: str | None,
-            control: str | None) -> None:
+def analyze(ctx: click.Context, model_id: str, split: str, catalog: str,
+            exclude_question: str | None, permutations: int, seed: int, reference_variant: bool,
+            skip_empty_labels: bool, with_pca: bool, engine: str, memory_limit: str,
+            temp_directory: str | None, control: str | None) -> None:
     """Spearman of every feature with every label, novelty and a permutation null.
 
     Writes feature_label_corr, feature_summary and label_null for (MODEL, SPLIT). Prints
@@ -464,6 +504,11 @@ def analyze(ctx: click.Context, model_id: str, split: str, catalog: str, exclude
         duck = r["duckdb"]
         echo_err(f"{r['model_id']}: engine {r['engine']}; duckdb {duck['threads']} threads, "
                  f"memory_limit {duck['memory_limit']}, spilling to {duck['temp_directory']}")
+        if r.get("empty_labels"):
+            shown = ", ".join(r["empty_labels"][:5])
+            more = f" and {len(r['empty_labels']) - 5} more" if len(r["empty_labels"]) > 5 else ""
+            echo_err(f"note: {len(r['empty_labels'])} label(s) have no value on split {split} and "
+                     f"were left out: {shown}{more}")
         null = "" if r["null_q95_median"] is None else f", null q95 {r['null_q95_median']:.3f}"
         click.echo(f"{r['model_id']} {split}: {r['features']} features x {r['labels']} labels on "
                    f"{r['rows']} galaxies; max |rho| {r['max_abs_spearman']:.3f}{null}, "

@@ -61,6 +61,16 @@ def catalog_option(help: str = "The votes catalog.") -> Decorator:
     return click.option("--catalog", default="volunteers", show_default=True, help=help)
 
 
+def catalog_file_options(func: Callable) -> Callable:
+    """``--id-column``, ``--split-column``, ``--split``: how a catalogue file's rows find their
+    galaxies and splits (ingest votes, ingest labels)."""
+    func = click.option("--split", type=click.Choice(["train", "test"]), default=None,
+                        help="Put every row in this split.")(func)
+    func = click.option("--split-column", default="split", show_default=True,
+                        help="Column naming each galaxy's split (else the lake's galaxies decide).")(func)
+    return click.option("--id-column", default="id_str", show_default=True)(func)
+
+
 def device_option(func: Callable) -> Callable:
     """``--device``: where torch runs."""
     return click.option("--device", default=None,

@@ -122,8 +122,17 @@ TABLES: dict[str, TableSpec] = {
         _spec("votes", ["catalog", "split"],
               [("id_str", _S), ("question", _S), ("answer", _S), ("label", _S), ("count", _I32),
                ("total", _I32), ("fraction", _F64)],
-              "Galaxy Zoo vote counts and fractions, long: one row per galaxy and answer",
+              "Galaxy Zoo vote counts and fractions of any campaign's tree, long: one row per "
+              "galaxy and answer",
               by=(_SYNTH, _HF, ("ingest votes", "galsae_lake.sources.files.ingest_votes"))),
+        _spec("labels", ["catalog", "split"], [("id_str", _S), ("label", _S), ("value", _F64)],
+              "labels without a decision tree (ingest labels), long: one row per galaxy and label; "
+              "NULL = unknown", by=(("ingest labels", "galsae_lake.sources.files.ingest_labels"),)),
+        _spec("catalogs", [], [("catalog", _S), ("kind", _S), ("tree", _S), ("n_labels", _I32),
+                               ("file", _S), ("created_at", _TS)],
+              "one row per label catalog: votes (with its Galaxy Zoo tree) or labels (no tree)",
+              key="catalog", by=(_SYNTH, _HF, ("ingest votes", "galsae_lake.sources.files.ingest_votes"),
+                                 ("ingest labels", "galsae_lake.sources.files.ingest_labels"))),
         _spec("truth", ["split"], [("id_str", _S), ("factor", _S), ("value", _F64)],
               "the planted morphology of synthetic galaxies, long: one row per galaxy and factor",
               by=(_SYNTH,)),
@@ -522,6 +531,9 @@ class Lake:
                 self._sandbox_view(con, table)
             else:
                 con.execute(f'CREATE VIEW "{table}" AS SELECT * FROM {self.duckdb_source(table)}')
+        if tables is None:
+            from galsae_lake.labels import create_views
+            create_views(con, self.tables())
         if sandbox:
             con.execute("SET enable_external_access = false")
             con.execute("SET lock_configuration = true")

@@ -15,6 +15,7 @@ from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LinearRegression
 from sklearn.preprocessing import StandardScaler
 
+from galsae_lake.labels import read_labels
 from galsae_lake import analysis, duckdb_engine, gz, models, numpy_engine
 from galsae_lake.numpy_engine import Codes, label_basis, novelty, spearman
 from galsae_lake.cli import main
@@ -375,8 +376,9 @@ def test_cli_pca_and_analyze(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["analyze", "--model", "sae-nope-123456"], "unknown model id 'sae-nope-123456'"),
     (["analyze", "--model", RUN_ID, "--split", "train", "--catalog", "experts"],
-     "no votes for split 'train' in catalog 'experts'"),
-    (["analyze", "--model", RUN_ID, "--exclude-question", "colour"], "not a Galaxy Zoo question"),
+     "no catalog 'experts' in the lake; catalogs: volunteers (votes)"),
+    (["analyze", "--model", RUN_ID, "--exclude-question", "colour"],
+     "--exclude-question 'colour' is not a question of the catalog's tree"),
     (["pca", "--encoder", "nope"], "embeddings for encoder 'nope' not found"),
     (["pca", "--encoder", ENCODER, "--fit-split", "valid"], "no embeddings for split 'valid'"),
     (["pca", "--encoder", ENCODER, "--n-components", "99"], "--n-components must be between"),
@@ -392,7 +394,7 @@ def test_cli_bad_input_is_one_line_and_leaves_the_lake_unchanged(tmp_path, args,
     assert snapshot(root) == before
 
 
-def test_cli_label_without_votes_is_an_error_unless_skipped(tmp_path):
+def test_cli_label_without_votes_is_left_out_with_a_note(tmp_path):
     root = tmp_path / "lake"
     lake = build_lake(root)
     votes = lake.read("votes", catalog="volunteers", split="test")
@@ -402,14 +404,15 @@ def test_cli_label_without_votes_is_an_error_unless_skipped(tmp_path):
     with lake.transaction("edit", {}) as tx:
         tx.write("votes", votes.drop("catalog", "split"),
                  partition={"catalog": "volunteers", "split": "test"})
-    before = snapshot(root)
-    out = run(root, "analyze", "--model", RUN_ID)
-    assert out.exit_code == 1 and "bar_weak have no votes on split 'test'" in out.output
-    assert snapshot(root) == before
-    out = run(root, "analyze", "--model", RUN_ID, "--skip-empty-labels", "--permutations", "0")
-    assert out.exit_code == 0, out.output
-    corr = lake.read("feature_label_corr", model_id=RUN_ID, split="test").filter(label="bar_weak")
-    assert (corr["spearman"] == 0).all() and (corr["n"] == 0).all()
+    for extra in ([], ["--skip-empty-labels"]):  # the flag is still accepted
+        out = run(root, "analyze", "--model", RUN_ID, "--permutations", "0", *extra)
+        assert out.exit_code == 0, out.output
+        assert "1 label(s) have no value on split test and were left out: bar_weak" in out.output
+        assert "12 features x 45 labels" in out.output
+    corr = lake.read("feature_label_corr", model_id=RUN_ID, split="test")
+    assert "bar_weak" not in corr["label"].to_list() and corr["label"].n_unique() == 45
+    info = lake.partition_info("feature_summary", model_id=RUN_ID, split="test")
+    assert info.recorded["empty_labels"] == ["bar_weak"]
 
 
 @pytest.mark.parametrize("cache_bytes, by_row", [(numpy_engine.SHUFFLE_CACHE_BYTES, False), (0, True)])
@@ -499,7 +502,7 @@ def test_readers_keep_the_split_s_galaxies_and_drop_empty_codes(tmp_path):
     model = models.resolve_model(lake, RUN_ID)
     split_ids = analysis.split_ids(lake, ENCODER, "test")
     con = duckdb.connect()
-    got = analysis.label_matrix(lake, split_ids, "test", "volunteers", con)
+    got = read_labels(lake, split_ids, "test", ["volunteers"], con=con).values
     expected_labels = np.full((30, len(gz.LABEL_NAMES)), np.nan)
     col = {name: j for j, name in enumerate(gz.LABEL_NAMES)}
     for g, label, frac in zip(*(votes.column(c).to_pylist() for c in ("id_str", "label", "fraction"))):

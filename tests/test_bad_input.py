@@ -123,16 +123,18 @@ def case_fraction_out_of_range(root, files, run_id):
         "1 fraction(s) outside [0, 1], e.g. smooth-or-featured_smooth = 1.5 for x"]
 
 
-def case_all_nan_label(root, files, run_id):
-    # a catalog where only smooth-or-featured was asked: every other label is NaN everywhere
+def case_catalog_with_no_value_on_the_split(root, files, run_id):
+    # a catalog whose only label has values on train alone: nothing left to analyze on test
     ids = Lake(root).read("galaxies", split="test")["id_str"].to_list()
     path = files / "partial.csv"
-    pl.DataFrame({"id_str": ids, "smooth-or-featured_smooth_fraction": 0.5,
-                  "smooth-or-featured_featured-or-disk_fraction": 0.5}).write_csv(path)
-    assert cli("ingest", "votes", path, "--catalog", "partial", "--split", "test",
-               lake=root).exit_code == 0
+    pl.DataFrame({"id_str": ids, "mass": [None] * len(ids)}, schema={"id_str": pl.String,
+                                                                     "mass": pl.Float64}
+                 ).with_columns(pl.lit("train").alias("split")).write_csv(path)
+    assert cli("ingest", "labels", path, "--catalog", "partial", lake=root).exit_code == 1
+    pl.DataFrame({"id_str": ids[:3], "mass": [1.0, 2.0, 3.0], "split": "train"}).write_csv(path)
+    assert cli("ingest", "labels", path, "--catalog", "partial", lake=root).exit_code == 0
     return ["analyze", "--model", run_id, "--catalog", "partial", "--permutations", "0"], [
-        "nan everywhere"]
+        "catalog 'partial' has no labels for split 'test'"]
 
 
 def case_unknown_encoder(root, files, run_id):

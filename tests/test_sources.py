@@ -227,7 +227,7 @@ def write_hf_dataset(folder: Path, suffix: str = "-euclid", sizes=(("train", 12)
         rows[f"{q}_featured-or-disk_fraction"] = (featured / 4).tolist()
         rows[f"{q}_problem_fraction"] = [0.0] * n
         b = f"bar{suffix}"
-        rows[f"{b}_strong"] = [1] * n
+        rows[f"{b}_strong"] = [1 if i % 3 else 0 for i in range(n)]  # not more than the total
         rows[f"{b}_no"] = [0] * n
         rows[f"{b}_weak"] = [0] * n
         rows[f"{b}_total-votes"] = [1 if i % 3 else 0 for i in range(n)]

@@ -51,14 +51,15 @@ def comparison_figures(data: FigureData) -> list[Figure]:
     sae = data.features if data.kind == "sae" else None
     pca = data.baseline if data.kind == "sae" else data.features
     model_line = _sizes_line(data)
+    gz, zoo = ("GZ ", "Galaxy Zoo") if data.galaxy_zoo else ("", "the")  # plain labels: no GZ
     views = [
-        ("max_rho", "max_abs", False, "Max |Spearman ρ| with any GZ label  (→ more aligned)",
-         "Alignment with Galaxy Zoo labels"),
+        ("max_rho", "max_abs", False, f"Max |Spearman ρ| with any {gz}label  (→ more aligned)",
+         f"Alignment with {zoo} labels"),
         ("max_rho_secondary", "max_abs_secondary", True,
-         f"Max |Spearman ρ| with any GZ label, {data.secondary_text()}  (→ more aligned)",
-         f"Alignment with GZ labels, {data.secondary_text()}"),
-        ("novelty", "novelty", None, "Unexplained GZ variance, 1 − R²  (→ less predictable)",
-         "Novelty: what the GZ labels cannot predict"),
+         f"Max |Spearman ρ| with any {gz}label, {data.secondary_text()}  (→ more aligned)",
+         f"Alignment with {gz or 'the '}labels, {data.secondary_text()}"),
+        ("novelty", "novelty", None, f"Unexplained {gz or 'label '}variance, 1 − R²  (→ less predictable)",
+         f"Novelty: what the {gz}labels cannot predict"),
     ]
     n_pca = min(TOP_COMPARED, pca.height) if pca is not None else 0
     n_kept = int((sae["frequency"] > MIN_FREQUENCY).sum()) if sae is not None else 0

@@ -56,6 +56,8 @@ class FigureData:
     corr: pl.DataFrame  # feature, label, spearman (this model's method)
     labels: list[str]
     excluded_question: str = ""
+    #: whether the labels are Galaxy Zoo votes (a catalog with a tree) or plain labels (labels.py)
+    galaxy_zoo: bool = True
     baseline_id: str | None = None
     baseline: pl.DataFrame | None = None
     null: pl.DataFrame | None = None  # label, null_max_abs
@@ -149,10 +151,17 @@ def load_figure_data(lake: Lake, model_id: str, split: str = "test") -> FigureDa
             f"galsae-lake analyze --model {model_id} --split {split} first")
     model = resolve_model(lake, model_id)
     features, corr = _analysis(lake, model_id, split, model.kind)
-    labels = sorted(corr["label"].unique().to_list(), key=_label_order)
+    # the labels in the order the analysis recorded (the catalogs' trees), and what they are
+    info = lake.partition_info("feature_summary", model_id=model_id, split=split)
+    recorded = info.recorded if info else {}
+    order = {name: i for i, name in enumerate(recorded.get("labels") or ())}
+    labels = sorted(corr["label"].unique().to_list(),
+                    key=lambda label: (order[label], label) if label in order else _label_order(label))
+    trees = recorded.get("trees")
     data = FigureData(model_id=model_id, kind=model.kind, split=split, encoder=model.encoder,
                       features=features, corr=corr, labels=labels,
                       excluded_question=excluded_question(lake, model_id, split),
+                      galaxy_zoo=True if not trees else any(trees.values()),
                       null=_read_null(lake, model_id, split, model.kind), model=model)
     if model.kind == "pca":
         data.pca_id = model_id

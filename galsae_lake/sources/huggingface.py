@@ -24,7 +24,9 @@ import polars as pl
 import pyarrow as pa
 
 from galsae_lake.errors import InputError
-from galsae_lake.sources import check_ids, check_split, has_labels, label_columns, votes_long
+from galsae_lake import trees
+from galsae_lake.labels import catalog_row
+from galsae_lake.sources import assign_split, check_ids, check_split, folder, label_columns, votes_long
 
 #: column pairs tried, in order, for a galaxy's position
 POSITION_COLUMNS = (("ra", "dec"), ("right_ascension", "declination"),
@@ -38,6 +40,8 @@ def _open(dataset: str, config: str | None, streaming: bool):
     import datasets
 
     path = Path(dataset).expanduser()
+    if folder.metadata_file(path) is not None:  # cutouts + metadata.csv (the image-folder convention)
+        return folder.load_folder(path)  # local files, read whole: no need to stream
     try:
         if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
             loaded = datasets.load_from_disk(str(path))
@@ -78,6 +82,17 @@ def _image_bytes(value: Any) -> bytes | None:
     return buffer.getvalue()
 
 
+def _one_split(loaded: dict, splits: list[str]) -> str | None:
+    """A source with one split only (an image folder without train/test folders) is split
+    reproducibly by :func:`galsae_lake.sources.assign_split`: returns the split it came as."""
+    if len(loaded) != 1 or all(split in loaded for split in splits):
+        return None
+    (only, data), = loaded.items()
+    for split in splits:
+        loaded[split] = data
+    return only
+
+
 def _columns_of(split_data) -> list[str]:
     names = getattr(split_data, "column_names", None)
     if names:
@@ -114,7 +129,10 @@ def ingest_hf(lake, dataset: str = "mwalmsley/gz_euclid", config: str | None = N
     splits = list(dict.fromkeys(splits))
     if not splits:
         raise InputError("no split given")
+    for split in splits:
+        check_split(split)
     loaded = _open(dataset, config, streaming)
+    assigned = _one_split(loaded, splits)
     for split in splits:
         check_split(split, loaded)
     source = dataset_source(dataset)
@@ -124,36 +142,40 @@ def ingest_hf(lake, dataset: str = "mwalmsley/gz_euclid", config: str | None = N
         columns = _columns_of(data)
         if ID_COLUMN not in columns:
             raise InputError(f"split {split} of {dataset} has no id column {ID_COLUMN!r}")
-        labelled = has_labels(columns)
+        labelled = trees.reads_any(columns)
         if not labelled and IMAGE_COLUMN not in columns:
             raise InputError(f"split {split} of {dataset} has neither Galaxy Zoo label columns "
                              f"nor an {IMAGE_COLUMN!r} column")
-        if labelled:
-            label_columns(columns)  # raises on two columns naming the same label
+        # images without votes (euclid_q1, a cutout folder, --no-votes): galaxies and images only
+        tree = trees.detect(columns).tree if votes and labelled else None
+        if tree is not None:
+            label_columns(columns, tree)  # raises on two columns naming the same label
         features = getattr(data, "features", None) or {}
         if isinstance(features.get(IMAGE_COLUMN), datasets.Image):
             # keep the stored bytes: no decode / re-encode round trip
             data = data.cast_column(IMAGE_COLUMN, datasets.Image(decode=False))
+        if assigned is not None:
+            data = data.filter(lambda i, s=split: assign_split(str(i)) == s, input_columns=[ID_COLUMN])
         if limit is not None:
             data = data.take(limit) if hasattr(data, "take") else data.select(range(min(limit, len(data))))
         position = next(((a, b) for a, b in POSITION_COLUMNS if a in columns and b in columns), None)
-        with_votes = votes and labelled
         wanted = [c for c in columns if c == ID_COLUMN or c in (position or ())
-                  or (with_votes and c != IMAGE_COLUMN and _is_label(c))]
-        plans[split] = (data, wanted, position, IMAGE_COLUMN in columns, with_votes)
+                  or (c != IMAGE_COLUMN and tree is not None and tree.parse_column(c) is not None)]
+        plans[split] = (data, wanted, position, IMAGE_COLUMN in columns, tree)
 
     params = {"dataset": dataset, "config": config, "splits": splits, "limit": limit,
               "votes": votes}
     summary: dict[str, Any] = {"source": source, "splits": {}, "images_missing": 0,
-                               "votes": any(plan[4] for plan in plans.values())}
+                               "split_assigned_from": assigned, "tree": None,
+                               "votes": any(plan[4] is not None for plan in plans.values())}
     seen: set[str] = set()
     with lake.transaction("ingest hf", params, upstream=[]) as tx:
-        for split, (data, wanted, position, has_image, with_votes) in plans.items():
+        for split, (data, wanted, position, has_image, tree) in plans.items():
             info = {"dataset": dataset, "config": config}
             galaxies = tx.writer("galaxies", {"split": split}, info=info)
             images = tx.writer("images", {"split": split}, info=info) if has_image else None
             votes_out = (tx.writer("votes", {"catalog": catalog, "split": split}, info=info)
-                         if with_votes else None)
+                         if tree is not None else None)
             rows = missing = 0
             batches = data.iter(batch_size=batch_size)
             if progress:
@@ -170,7 +192,7 @@ def ingest_hf(lake, dataset: str = "mwalmsley/gz_euclid", config: str | None = N
                 galaxies.write(pl.DataFrame({"id_str": ids, "source": [source] * frame.height,
                                              "ra": ra, "dec": dec}))
                 if votes_out is not None:
-                    votes_out.write(votes_long(frame))
+                    votes_out.write(votes_long(frame, tree=tree))
                 if images is not None:
                     blobs = [_image_bytes(v) for v in batch[IMAGE_COLUMN]]
                     keep = [i for i, blob in enumerate(blobs) if blob is not None]
@@ -190,13 +212,10 @@ def ingest_hf(lake, dataset: str = "mwalmsley/gz_euclid", config: str | None = N
                     images.close()
             summary["splits"][split] = rows
             summary["images_missing"] += missing
+        if tree is not None:
+            summary["tree"] = tree.name
+            tx.write("catalogs", catalog_row(catalog, "votes", tree.name, len(tree.label_names), dataset))
     return summary
-
-
-def _is_label(column: str) -> bool:
-    from galsae_lake import gz
-
-    return gz.parse_column(column) is not None
 
 
 def _frame(batch: dict[str, list], wanted: list[str]) -> pl.DataFrame:

@@ -69,6 +69,7 @@ from PIL import Image
 from scipy import fft as sfft
 
 from galsae_lake import gz
+from galsae_lake.labels import catalog_row
 from galsae_lake.errors import InputError
 from galsae_lake.sources import votes_long
 
@@ -759,5 +760,6 @@ def synthesize(lake, n: int, image_size: int = BASE_SIZE, seed: int = 0, test_fr
                 "value": sub.reshape(-1)}).with_columns(pl.col("value").fill_nan(None)),
                 partition={"split": name})
             summary["splits"][name] = int(mask.sum())
+        tx.write("catalogs", catalog_row("volunteers", "votes", gz.TREE.name, len(gz.LABEL_NAMES), None))
     summary["volunteers_median"] = float(np.median(volunteers))
     return summary
