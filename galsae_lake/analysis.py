@@ -136,19 +136,10 @@ def fetch_codes(con: duckdb.DuckDBPyConnection, method: str, n_features: int,
 
 def dense_relu_activations(lake: Lake, model: Model, X: np.ndarray) -> np.ndarray:
     """The seed's dense ReLU codes of embeddings ``X`` under SAE ``model`` [rows x features]."""
-    try:  # imported here: torch is only needed for this option
-        from galsae_lake import sae
-    except ImportError as exc:
-        raise InputError(f"--reference-variant needs the SAE module (galsae_lake.sae): {exc}") from None
-    try:
-        from galsae_lake.train import load_sae
-    except ImportError:
-        load_sae = getattr(sae, "load_sae", None)
-    if load_sae is not None:
-        network = load_sae(lake, model.model_id)
-    else:
-        network = sae.MatryoshkaSAE.load(lake.model_dir("sae", model.model_id))
-    return sae.encode_embeddings(network, X, dense=True)
+    from galsae_lake.sae import encode_embeddings  # imported here: torch only for this option
+    from galsae_lake.train import load_sae
+
+    return encode_embeddings(load_sae(lake, model.model_id), X, dense=True)
 
 
 def compute(con: duckdb.DuckDBPyConnection, method: str, n_features: int, frequency: np.ndarray,

@@ -11,7 +11,7 @@ Three measurements in one run, same architecture and weights (random: the arithm
            to the device, no model; where it is below ``forward``, decoding bounds ``ours``
 
 Images are synthetic galaxies (galsae_lake.sources.synthetic) encoded as PNG at their native 64 px
-(what ``synth`` stores) or re-encoded with --source-size/--format (e.g. 224 px JPEG).
+(what ``synth`` stores) or re-encoded with --source-size/--image-format (e.g. 224 px JPEG).
 
     python scripts/bench_embed.py [--encoder zoobot-euclid] [--n 512] [--device cpu]
     python scripts/bench_embed.py --device cuda --encoder zoobot-euclid,mae-euclid --n 8192
@@ -173,7 +173,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=512)
     parser.add_argument("--device", default=None)
     parser.add_argument("--source-size", type=int, default=64)
-    parser.add_argument("--format", choices=["png", "jpeg"], default="png")
+    parser.add_argument("--image-format", choices=["png", "jpeg"], default="png")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--skip-seed", action="store_true")
@@ -183,8 +183,8 @@ def main() -> None:
     from galsae_lake.encoders import resolve_device
 
     device = resolve_device(args.device)
-    blobs = make_images(args.n, args.source_size, args.format)
-    print(f"{len(blobs)} images, {args.source_size} px {args.format}, "
+    blobs = make_images(args.n, args.source_size, args.image_format)
+    print(f"{len(blobs)} images, {args.source_size} px {args.image_format}, "
           f"{sum(map(len, blobs)) / len(blobs) / 1024:.1f} KB each, device {device}, "
           f"torch threads {torch.get_num_threads()}")
     rows = []

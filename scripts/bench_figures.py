@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument("--features", type=int, default=2048)
     ap.add_argument("--components", type=int, default=64)
     ap.add_argument("--image-size", type=int, default=64)
-    ap.add_argument("--formats", default="html,png")
+    ap.add_argument("--image-format", default="html,png")
     ap.add_argument("--keep", help="build the lake here and keep it (reused if it exists)")
     ap.add_argument("--screenshot", help="also save a Chromium screenshot of the SAE's browser.html")
     args = ap.parse_args()
@@ -52,7 +52,7 @@ def main() -> None:
               f"({args.galaxies} galaxies, {args.features} latents, {args.components} components)")
     for model in (RUN_ID, PCA_ID):
         t = time.perf_counter()
-        files = F.make_figures(lake, model, formats=args.formats.split(","), log=print)
+        files = F.make_figures(lake, model, formats=args.image_format.split(","), log=print)
         total = time.perf_counter() - t
         size = sum(p.stat().st_size for p in files) / 1e6
         browser = next((p for p in files if p.name == "browser.html"), None)

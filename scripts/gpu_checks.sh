@@ -57,7 +57,7 @@ if [ "$PART" = engines ]; then
     exit 0
 fi
 [ "$PART" = sae ] || timeout 240 $PY scripts/bench_embed.py --device cuda --encoder zoobot-euclid,mae-euclid \
-    --n 4096 --source-size 224 --format jpeg --repeats 3 --json "$OUT/embed.json" \
+    --n 4096 --source-size 224 --image-format jpeg --repeats 3 --json "$OUT/embed.json" \
     2>&1 | tee "$OUT/embed.txt" || echo "bench_embed stopped with status $?" | tee -a "$OUT/embed.txt"
 [ "$PART" = embed ] || timeout 480 $PY scripts/bench_sae.py --device cuda --rows 140000 --epochs 2 --full \
     2>&1 | tee "$OUT/sae.txt" || echo "bench_sae stopped with status $?" | tee -a "$OUT/sae.txt"

@@ -307,6 +307,15 @@ def test_theme_is_applied_on_export(data):
     assert config["title"]["fontSize"] >= 16
 
 
+def test_templates_are_package_data_filled_in_one_pass():
+    from galsae_lake.figures.export import fill, template
+
+    for name in ("browser.html", "report.html"):
+        assert "__TITLE__" in template(name)
+    assert fill("<t>__TITLE__</t>__DATA__", title="a __DATA__", data='"__TITLE__"') == \
+        '<t>a __DATA__</t>"__TITLE__"'
+
+
 # ---------------------------------------------------------------- make_figures, CLI
 @pytest.fixture(scope="module")
 def made(lake, tmp_path_factory):

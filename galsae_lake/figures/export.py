@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -41,10 +42,10 @@ def template(name: str) -> str:
 
 
 def fill(text: str, **values: str) -> str:
-    """Replace each ``__KEY__`` of a template with its value (one pass per key)."""
-    for key, value in values.items():
-        text = text.replace(f"__{key.upper()}__", value)
-    return text
+    """Replace each ``__KEY__`` of a template with ``values[key]`` in one pass (a value is never
+    searched for placeholders itself)."""
+    pattern = re.compile("|".join(f"__{re.escape(key.upper())}__" for key in values))
+    return pattern.sub(lambda match: values[match.group(0)[2:-2].lower()], text)
 
 
 def save_chart(chart: alt.TopLevelMixin, stem: Path, formats: Iterable[str],
@@ -89,7 +90,6 @@ def report_html(figures: Sequence[Figure], title: str, notes: Sequence[str] = ()
     toc = "".join(f'<li><a href="#fig-{i}">{html.escape(name)}</a></li>'
                   for i, (name, _) in enumerate(specs))
     note_html = "".join(f"<p class=note>{html.escape(n)}</p>" for n in notes)
-    # the Vega bundle goes last: it is large and could itself hold a placeholder's text
     return fill(template("report.html"), title=html.escape(title), font=FONT, notes=note_html,
                 toc=toc, items=items, specs=script_json([s for _, s in specs]),
                 vega=_vega_bundle())
