@@ -7,7 +7,6 @@ Errors the user can cause (:class:`~galsae_lake.errors.GalsaeError`) end in one 
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 from pathlib import Path
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pyarrow as pa
 
 from galsae_lake.errors import InputError
 from galsae_lake.lake import check_partition_value
