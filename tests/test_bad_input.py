@@ -103,7 +103,7 @@ def case_empty_split(root, files, run_id):
 
 def case_unknown_split(root, files, run_id):
     path = scratch_file(files, "split.csv", f"id_str,split,{SMOOTH}\nx,validation,0.5\n")
-    return ["ingest", "votes", path], ["unknown split 'validation' in column 'split'"]
+    return ["ingest", "votes", path], ["unknown split 'validation'", "(in column 'split')"]
 
 
 def case_wrong_dtype(root, files, run_id):
@@ -125,6 +125,7 @@ def case_fraction_out_of_range(root, files, run_id):
 
 def case_catalog_with_no_value_on_the_split(root, files, run_id):
     # a catalog whose only label has values on train alone: nothing left to analyze on test
+    root = lake_copy(root, files, "partial-catalog")  # the catalog is ingested: not the built lake
     ids = Lake(root).read("galaxies", split="test")["id_str"].to_list()
     path = files / "partial.csv"
     pl.DataFrame({"id_str": ids, "mass": [None] * len(ids)}, schema={"id_str": pl.String,
@@ -133,8 +134,8 @@ def case_catalog_with_no_value_on_the_split(root, files, run_id):
     assert cli("ingest", "labels", path, "--catalog", "partial", lake=root).exit_code == 1
     pl.DataFrame({"id_str": ids[:3], "mass": [1.0, 2.0, 3.0], "split": "train"}).write_csv(path)
     assert cli("ingest", "labels", path, "--catalog", "partial", lake=root).exit_code == 0
-    return ["analyze", "--model", run_id, "--catalog", "partial", "--permutations", "0"], [
-        "catalog 'partial' has no labels for split 'test'"]
+    return ["--lake", root, "analyze", "--model", run_id, "--catalog", "partial", "--permutations",
+            "0"], ["catalog 'partial' has no labels for split 'test'"]
 
 
 def case_unknown_encoder(root, files, run_id):

@@ -70,7 +70,7 @@ def test_folder_of_cutouts_and_a_flags_file_end_to_end(tmp_path):
     out = cli("ingest", "hf", "--dataset", folder, lake=root)
     assert out.exit_code == 0, out.output
     assert "one split (train): train/test assigned by a hash" in out.output
-    assert "(no Galaxy Zoo columns: no votes)" in out.output
+    assert "no votes (no Galaxy Zoo label columns)" in out.output
     lake = Lake(root)
     galaxies = lake.read("galaxies")
     assert galaxies.height == N
