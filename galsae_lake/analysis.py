@@ -234,17 +234,18 @@ def _analyze(lake, con, model, split, catalog, exclude_question, permutations, s
     ids = split_ids(lake, model.encoder, split)
     label_set = label_side.read_labels(lake, ids, split, catalog, exclude_question, con)
     exclude_question = label_set.exclude_question
-    voted = ~np.isnan(label_set.values).all(axis=1)
+    voted = label_set.voted()
     if not voted.any():
         raise InputError(f"no labels for split {split!r} in catalog {','.join(catalog)!r} match the "
                          f"{len(ids)} galaxies of {model.model_id!r}")
     # labels with no value on the split are left out (and named in the result), not an error
-    filled = ~np.isnan(label_set.values[voted]).all(axis=0)
+    filled = np.array([(~np.isnan(label_set.values[voted, j])).any()
+                       for j in range(len(label_set.names))], bool)
     empty = [name for name, ok in zip(label_set.names, filled) if not ok]
-    label_set = label_set.without(filled)
+    label_set = label_set.select(voted, filled)  # the analysis rows, column-major
     rows_of_split = np.full(len(ids), -1, np.int64)
     rows_of_split[voted] = np.arange(int(voted.sum()))
-    labels = label_set.values[voted]
+    labels = label_set.values
     controls = None
     if control:
         controls = discovery.control_matrix(lake, ids[voted], split, control)[0]

@@ -46,12 +46,26 @@ def run_script(con: duckdb.DuckDBPyConnection, name: str, params: dict) -> pa.Ta
 
 
 def register_labels(con: duckdb.DuckDBPyConnection, labels: np.ndarray) -> None:
-    """``labels(label, "row", value)``: the non-NaN entries of a [rows x labels] matrix."""
-    rows, cols = np.nonzero(~np.isnan(labels))
-    con.register("label_entries", pa.table({"label": cols.astype(np.int32),
-                                            "row": rows.astype(np.int32),
-                                            "value": labels[rows, cols]}))
-    con.execute("CREATE OR REPLACE TEMP VIEW labels AS SELECT * FROM label_entries")
+    """``labels(label, "row", value)``: the non-NaN entries of a [rows x labels] matrix.
+
+    A temp table (DuckDB's memory, spilled past its limit) unpivoted from the matrix's columns,
+    which reach DuckDB as Arrow without a copy when the matrix is column-major (as
+    ``labels.read_labels`` makes it): no long copy of every entry in numpy.
+    """
+    n_rows, n_labels = labels.shape
+    if n_labels == 0:
+        con.execute('CREATE OR REPLACE TEMP TABLE labels (label INTEGER, "row" INTEGER, '
+                    'value DOUBLE)')
+        return
+    columns = {"row": pa.array(np.arange(n_rows, dtype=np.int32))}
+    columns.update({f"l{j}": pa.array(np.ascontiguousarray(labels[:, j], dtype=np.float64))
+                    for j in range(n_labels)})
+    con.register("label_columns", pa.table(columns))
+    con.execute('CREATE OR REPLACE TEMP TABLE labels AS '
+                'SELECT name[2:]::INTEGER AS label, "row", value '
+                'FROM (UNPIVOT label_columns ON COLUMNS(* EXCLUDE ("row")) INTO NAME name VALUE value) '
+                'WHERE NOT isnan(value)')
+    con.unregister("label_columns")
 
 
 def spearman(con: duckdb.DuckDBPyConnection, labels: np.ndarray, n_features: int
@@ -62,7 +76,8 @@ def spearman(con: duckdb.DuckDBPyConnection, labels: np.ndarray, n_features: int
     rho = np.zeros((n_features, labels.shape[1]))
     rho[out.column("feature").to_numpy(), out.column("label").to_numpy()] = \
         out.column("spearman").to_numpy()
-    n = (~np.isnan(labels)).sum(axis=0).astype(np.int64)
+    n = np.array([np.count_nonzero(~np.isnan(labels[:, j])) for j in range(labels.shape[1])],
+                 np.int64)
     return rho, n
 
 

@@ -105,11 +105,28 @@ class LabelMatrix:
     exclude_question: str
     catalogs: list[Catalog]
 
-    def without(self, keep: np.ndarray) -> "LabelMatrix":
-        """Only the label columns where ``keep`` is True."""
+    def voted(self) -> np.ndarray:
+        """Galaxies with at least one known label (column by column: no [rows x labels] mask)."""
+        known = np.zeros(len(self.values), bool)
+        for j in range(self.values.shape[1]):
+            known |= ~np.isnan(self.values[:, j])
+        return known
+
+    def select(self, rows: np.ndarray, keep: np.ndarray) -> "LabelMatrix":
+        """The galaxies where ``rows`` and the label columns where ``keep`` are True.
+
+        Column-major, built column by column: at Euclid's size the matrix is gigabytes, and when
+        every galaxy and label stays this is the same array, not a copy.
+        """
         index = np.flatnonzero(keep)
+        if rows.all() and len(index) == self.values.shape[1]:
+            values = self.values
+        else:
+            values = np.empty((int(rows.sum()), len(index)), order="F")
+            for k, j in enumerate(index):
+                values[:, k] = self.values[rows, j]
         return LabelMatrix([self.names[j] for j in index], [self.questions[j] for j in index],
-                           self.values[:, index], self.exclude_question, self.catalogs)
+                           values, self.exclude_question, self.catalogs)
 
 
 def _names_of(lake, catalog: Catalog, split: str) -> list[str]:
@@ -121,6 +138,10 @@ def _names_of(lake, catalog: Catalog, split: str) -> list[str]:
         column = pq.read_table(path, columns=["label"]).column("label")
         names.extend(n for n in pc.unique(column).to_pylist() if n is not None)
     return list(dict.fromkeys(names))
+
+
+#: rows of (galaxy, label, value) per batch when read_labels streams a catalog from DuckDB
+LABEL_BATCH_ROWS = 1 << 20
 
 
 def read_labels(lake, ids, split: str, catalog_names: list[str],
@@ -150,7 +171,9 @@ def read_labels(lake, ids, split: str, catalog_names: list[str],
     names, questions, blocks = [], [], []
     for catalog in chosen:
         own = _names_of(lake, catalog, split)
-        block = np.full((n, len(own)), np.nan)
+        # column-major: each label's column is contiguous, which the engines hand to Arrow and
+        # DuckDB without a copy (the label side's memory at Euclid's size: docs/benchmarks.md)
+        block = np.full((n, len(own)), np.nan, order="F")
         value = "fraction" if catalog.kind == "votes" else "value"
         source = lake.duckdb_source(catalog.table, catalog=catalog.name, split=split)
         con.execute(f'CREATE OR REPLACE TEMP VIEW label_source AS SELECT id_str, label, '
@@ -158,9 +181,10 @@ def read_labels(lake, ids, split: str, catalog_names: list[str],
         con.register("label_names", pa.table({
             "label": pa.array(own, pa.string()),
             "label_index": pa.array(np.arange(len(own), dtype=np.int32))}))
-        long = con.sql(query("label_values")).to_arrow_table()  # (fetchnumpy would import pandas)
-        block[long.column("row").to_numpy(), long.column("label_index").to_numpy()] = \
-            long.column("value").to_numpy()
+        # streamed in batches: the long rows of 10M galaxies would be ~7 GB at once
+        for batch in con.sql(query("label_values")).to_arrow_reader(LABEL_BATCH_ROWS):
+            block[batch.column("row").to_numpy(), batch.column("label_index").to_numpy()] = \
+                batch.column("value").to_numpy()
         con.unregister("label_names")
         tag = f"{catalog.name}:" if prefix else ""
         names += [tag + n for n in own]
@@ -176,7 +200,8 @@ def read_labels(lake, ids, split: str, catalog_names: list[str],
                              f"tree; questions: {known}")
         if prefix:
             exclude = f"{first.name}:{exclude}"
-    values = np.hstack(blocks) if blocks else np.zeros((n, 0))
+    values = (blocks[0] if len(blocks) == 1 else
+              np.hstack(blocks).copy(order="F") if blocks else np.zeros((n, 0), order="F"))
     return LabelMatrix(names, questions, values, exclude, chosen)
 
 

@@ -362,30 +362,56 @@ def average_ranks(X: np.ndarray) -> np.ndarray:
 #: to ~1e-7, and the dependent direction that leaves has a singular value ~1e-8..1e-7 of the
 #: largest (real directions sit above 1e-2). 100 float32 epsilons keeps them apart.
 LABEL_RCOND = 100 * float(np.finfo(np.float32).eps)
+#: rows per block of label_basis (46 labels: ~50 MB of float64 a block)
+BASIS_CHUNK_ROWS = 1 << 17
 
 
-def label_basis(labels: np.ndarray, rcond: float = LABEL_RCOND) -> np.ndarray:
-    """An orthonormal basis [rows x rank] of the centred, median-imputed label matrix.
+def label_basis(labels: np.ndarray, rcond: float = LABEL_RCOND,
+                chunk_rows: int = BASIS_CHUNK_ROWS) -> np.ndarray:
+    """An orthonormal basis [rows x rank] (column-major) of the centred, median-imputed labels.
 
     Columns that are NaN everywhere are left out (as sklearn's SimpleImputer does). The rank is
     decided at the labels' precision (``rcond``, relative to the largest singular value): the
     answers of a question sum to one up to float32 rounding, and a basis that kept that
     direction would fit the rounding noise (R^2 off by ~0.03 on real-shaped labels).
+
+    Memory stays at the basis itself plus one block of ``chunk_rows`` rows: the imputed matrix
+    X is never formed whole. A tall-skinny QR (each block's R, then the R of the stacked Rs)
+    gives X's R; its SVD R = U S V' gives X = (Q U) S V', so the basis Q U = X V S^-1 is formed
+    block by block for the directions kept (S >= rcond * S[0]: within ~eps / rcond of Q U).
     """
-    present = ~np.isnan(labels).all(axis=0)
-    X = labels[:, present].astype(np.float64, copy=True)
-    if X.shape[1] == 0:
-        return np.zeros((len(labels), 0))
-    medians = np.nanmedian(X, axis=0)
-    holes = np.isnan(X)
-    X[holes] = np.take(medians, np.nonzero(holes)[1])
-    X -= X.mean(axis=0)
-    Q, R = scipy.linalg.qr(X, mode="economic", overwrite_a=True)
-    U, singular, _ = scipy.linalg.svd(R)  # X = (Q U) S V': the small factorization
+    present = [j for j in range(labels.shape[1]) if not np.isnan(labels[:, j]).all()]
+    n = len(labels)
+    if not present:
+        return np.zeros((n, 0), order="F")
+    medians = np.empty(len(present))
+    means = np.empty(len(present))
+    for k, j in enumerate(present):
+        column = labels[:, j]
+        known = ~np.isnan(column)
+        medians[k] = np.median(column[known])
+        means[k] = (column[known].sum() + (n - known.sum()) * medians[k]) / n
+
+    def block(start: int) -> np.ndarray:  # imputed and centred rows [start, start + chunk_rows)
+        X = labels[start:start + chunk_rows, present].astype(np.float64, copy=True)
+        holes = np.isnan(X)
+        X[holes] = np.broadcast_to(medians, X.shape)[holes]
+        X -= means
+        return X
+
+    starts = range(0, n, chunk_rows)
+    Rs = [scipy.linalg.qr(block(start), mode="r", overwrite_a=True)[0] for start in starts]
+    R = Rs[0] if len(Rs) == 1 else scipy.linalg.qr(np.vstack(Rs), mode="r", overwrite_a=True)[0]
+    R = R[: len(present)]
+    _, singular, Vt = scipy.linalg.svd(R)
     if singular.size == 0 or singular[0] == 0:
-        return np.zeros((len(labels), 0))
+        return np.zeros((n, 0), order="F")
     rank = int((singular > singular[0] * rcond).sum())
-    return Q @ U[:, :rank]
+    W = Vt[:rank].T / singular[:rank]
+    basis = np.empty((n, rank), order="F")
+    for start in starts:
+        basis[start:start + chunk_rows] = block(start) @ W
+    return basis
 
 
 def novelty(codes: Codes, basis: np.ndarray, block_entries: int = BLOCK_ENTRIES) -> np.ndarray:

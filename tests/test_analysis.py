@@ -17,6 +17,7 @@ from sklearn.preprocessing import StandardScaler
 
 from galsae_lake.labels import read_labels
 from galsae_lake import analysis, duckdb_engine, gz, models, numpy_engine
+from galsae_lake import labels as label_side
 from galsae_lake.numpy_engine import Codes, label_basis, novelty, spearman
 from galsae_lake.cli import main
 from galsae_lake.lake import Lake, vector_array
@@ -578,6 +579,35 @@ def test_novelty_matches_sklearn_on_float32_vote_fractions():
     noisy = label_basis(labels, rcond=np.finfo(float).eps * max(labels.shape))
     assert noisy.shape[1] > basis.shape[1]
     assert np.abs(novelty(codes, noisy) - expected).max() > 1e-4
+
+
+def test_label_basis_in_blocks_is_the_same_basis():
+    """label_basis block by block (tall-skinny QR): orthonormal, column-major, the same span
+    (projections and novelty to 1e-10) whatever the block size, fewer rows than labels too."""
+    rng = np.random.default_rng(3)
+    labels = real_shaped_labels(rng, 500).astype(np.float64)
+    dense = np.where(rng.random((500, 4)) < 0.4, rng.exponential(size=(500, 4)), 0.0)
+    codes = Codes.from_dense("sae", dense.astype(np.float32))
+    whole = label_basis(labels)
+    assert whole.flags.f_contiguous
+    np.testing.assert_allclose(whole.T @ whole, np.eye(whole.shape[1]), atol=1e-10)
+    for chunk_rows in (7, 64, 499):
+        blocks = label_basis(labels, chunk_rows=chunk_rows)
+        assert blocks.shape == whole.shape
+        np.testing.assert_allclose(blocks @ (blocks.T @ dense), whole @ (whole.T @ dense), atol=1e-10)
+        assert np.abs(novelty(codes, blocks) - novelty(codes, whole)).max() <= 1e-10
+    few = labels[:5]  # fewer rows than labels: at most 4 directions beside the constant
+    assert label_basis(few, chunk_rows=2).shape[1] == label_basis(few).shape[1] <= 4
+
+
+def test_read_labels_in_batches_equals_one_batch(lake, monkeypatch):
+    """read_labels streams the long rows from DuckDB: any batch size, the same matrix."""
+    split_ids = analysis.split_ids(lake, ENCODER, "test")
+    whole = read_labels(lake, split_ids, "test", ["volunteers"]).values
+    monkeypatch.setattr(label_side, "LABEL_BATCH_ROWS", 5)
+    batched = read_labels(lake, split_ids, "test", ["volunteers"]).values
+    assert batched.flags.f_contiguous
+    np.testing.assert_array_equal(batched, whole)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
