@@ -177,14 +177,18 @@ def _folder_bytes(folder: Path) -> int:
 def run_scale(args) -> None:
     import threading
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
-        root = Path(tmp) / "lake"
+        root = Path(args.lake) if args.lake else Path(tmp) / "lake"
         spill = Path(tmp) / "spill"
         spill.mkdir()
         t = time.perf_counter()
-        build(root, args.n, 1000, args.features, args.k, dim=8)
-        print(f"built lake: {args.n:,} galaxies, ~{args.n * args.k:,} codes "
-              f"in {time.perf_counter() - t:.0f} s")
-        for engine in args.engines:
+        if not Lake(root).exists("sae_runs"):
+            build(root, args.n, 1000, args.features, args.k, dim=8)
+            print(f"built lake: {args.n:,} galaxies, ~{args.n * args.k:,} codes "
+                  f"in {time.perf_counter() - t:.0f} s")
+        else:
+            print(f"lake {root} reused (built by an earlier --scale --lake run; its own --n)")
+        trees = [Path(__file__).resolve().parents[1], *map(Path, args.compare_tree)]
+        for engine, tree in [(e, t) for e in args.engines for t in trees]:
             code = ("import json,resource,sys,time;from galsae_lake.analysis import analyze;"
                     "from galsae_lake.lake import Lake;"
                     f"r=analyze(Lake({str(root)!r}),'sae-bench-000000',"
@@ -195,7 +199,7 @@ def run_scale(args) -> None:
                     "'peak_gb':resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/2**20}))")
             # one BLAS thread, as for the real-size run: on the busy machine a 2-thread OpenBLAS
             # took 0.9-3.5 s for an [18 x 1M] @ [1M x 63] product that takes 0.05 s on one
-            env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]),
+            env = dict(os.environ, PYTHONPATH=str(tree),
                        OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
             peak_spill = [0]
             done = threading.Event()
@@ -217,7 +221,7 @@ def run_scale(args) -> None:
             result = json.loads(out.stdout.strip().splitlines()[-1])
             duck = result["duckdb"]
             phases = ", ".join(f"{k} {v:.1f}" for k, v in result["timings"].items())
-            print(f"analyze --engine {engine} (SAE, {args.features} features, "
+            print(f"[{tree}] analyze --engine {engine} (SAE, {args.features} features, "
                   f"{args.permutations} permutations): {result['seconds']:.1f} s ({phases}), peak "
                   f"RSS {result['peak_gb']:.2f} GB; duckdb {duck['threads']} threads, memory_limit "
                   f"{duck['memory_limit']}, spill folder {duck['temp_directory']} peaked at "
@@ -347,6 +351,11 @@ def main() -> None:
     parser.add_argument("--memory-limit", default="4GB", help="DuckDB's memory limit")
     parser.add_argument("--scale", action="store_true", help="1M-galaxy memory run (SAE only)")
     parser.add_argument("--tmp", default=None, help="folder for the temporary lake")
+    parser.add_argument("--lake", default=None,
+                        help="--scale: build the lake here once and reuse it in later runs")
+    parser.add_argument("--compare-tree", action="append", default=[], metavar="PATH",
+                        help="--scale: also run analyze with the galsae_lake of this checkout "
+                             "(e.g. a git worktree of an older commit), same lake, same run")
     args = parser.parse_args()
     (run_scale if args.scale else run_real)(args)
 
