@@ -399,10 +399,12 @@ def label_basis(labels: np.ndarray, rcond: float = LABEL_RCOND,
         X -= means
         return X
 
+    def r_factor(X: np.ndarray) -> np.ndarray:  # the top rows of R: mode="r" pads R to X's rows
+        return scipy.linalg.qr(X, mode="r", overwrite_a=True)[0][: len(present)].copy()
+
     starts = range(0, n, chunk_rows)
-    Rs = [scipy.linalg.qr(block(start), mode="r", overwrite_a=True)[0] for start in starts]
-    R = Rs[0] if len(Rs) == 1 else scipy.linalg.qr(np.vstack(Rs), mode="r", overwrite_a=True)[0]
-    R = R[: len(present)]
+    Rs = [r_factor(block(start)) for start in starts]
+    R = Rs[0] if len(Rs) == 1 else r_factor(np.vstack(Rs))
     _, singular, Vt = scipy.linalg.svd(R)
     if singular.size == 0 or singular[0] == 0:
         return np.zeros((n, 0), order="F")
