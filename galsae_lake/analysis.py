@@ -155,19 +155,21 @@ def compute(con: duckdb.DuckDBPyConnection, method: str, n_features: int, freque
     """
     if codes is not None:
         use_codes(con, codes)
-    basis = label_basis(labels if control is None else np.hstack([labels, control]))
+    def basis() -> np.ndarray:  # [rows x rank]: as large as the labels, so made when needed
+        return label_basis(labels if control is None else np.hstack([labels, control]))
+
     n_rows = len(labels)
     null = np.zeros((permutations, labels.shape[1]))
     if engine == "duckdb":
         rho, n = duckdb_engine.spearman(con, labels, n_features)
-        novelty = duckdb_engine.novelty(con, basis, n_features)
+        novelty = duckdb_engine.novelty(con, basis(), n_features)  # not held through the sorts
         if permutations:
             codes = codes if codes is not None else fetch_codes(con, method, n_features, frequency, n_rows)
             null = numpy_engine.spearman(codes, labels, permutations, seed, threads=workers)[2]
     else:
         codes = codes if codes is not None else fetch_codes(con, method, n_features, frequency, n_rows)
         rho, n, null = numpy_engine.spearman(codes, labels, permutations, seed, threads=workers)
-        novelty = numpy_engine.novelty(codes, basis)
+        novelty = numpy_engine.novelty(codes, basis())
     return MethodResult(method, rho, n, novelty, frequency, null)
 
 

@@ -21,6 +21,9 @@ from galsae_lake.lake import query
 from galsae_lake.numpy_engine import CONSTANT_STD, MIN_ROWS
 
 _PARAMETER = re.compile(r"\$([A-Za-z_]\w*)")
+#: what sql/feature_label_corr.sql leaves in the connection (and the labels it reads)
+SPEARMAN_TEMP_TABLES = ("labels", "label_sets", "label_ranks", "label_slots", "set_rows",
+                        "code_sums")
 
 
 def statements(name: str) -> list[str]:
@@ -73,6 +76,8 @@ def spearman(con: duckdb.DuckDBPyConnection, labels: np.ndarray, n_features: int
     """(rho [features x labels], n [labels]) by sql/feature_label_corr.sql over ``codes``."""
     register_labels(con, labels)
     out = run_script(con, "feature_label_corr", {"min_rows": MIN_ROWS, "n_features": n_features})
+    for table in SPEARMAN_TEMP_TABLES:  # gigabytes at Euclid's size: DuckDB's memory back
+        con.execute(f"DROP TABLE IF EXISTS {table}")
     rho = np.zeros((n_features, labels.shape[1]))
     rho[out.column("feature").to_numpy(), out.column("label").to_numpy()] = \
         out.column("spearman").to_numpy()
@@ -91,6 +96,7 @@ def novelty(con: duckdb.DuckDBPyConnection, basis: np.ndarray, n_features: int) 
     con.register("basis", pa.table(columns))
     out = run_script(con, "feature_novelty", {"n_rows": n_rows, "n_features": n_features,
                                               "constant_std": CONSTANT_STD})
+    con.unregister("basis")  # the basis array is freed with the caller's reference
     result = np.ones(n_features)
     result[out.column("feature").to_numpy()] = out.column("novelty").to_numpy()
     return result
