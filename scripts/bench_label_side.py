@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 CHILD = r"""
 import json, sys, threading, time
-import numpy as np, psutil
+import os
+import numpy as np
 sys.path.insert(0, {tree!r})
 from galsae_lake import duckdb_engine, numpy_engine  # the measured tree's (bench_analyze adds ROOT)
 assert numpy_engine.__file__.startswith({tree!r}), numpy_engine.__file__
@@ -39,12 +40,15 @@ labels = np.empty((n, 46), order="F")
 for start in range(0, n, 1_000_000):
     labels[start:start + 1_000_000] = vote_fractions(rng, min(1_000_000, n - start))
 import duckdb, scipy.linalg, sklearn.linear_model  # imported before the baseline
-process = psutil.Process()
-base = process.memory_info().rss
+PAGE = os.sysconf("SC_PAGE_SIZE")
+def rss():  # resident bytes now (Linux)
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * PAGE
+base = rss()
 peak = [base]
 def sample():
     while True:
-        peak[0] = max(peak[0], process.memory_info().rss)
+        peak[0] = max(peak[0], rss())
         time.sleep(0.01)
 threading.Thread(target=sample, daemon=True).start()
 t = time.perf_counter()
