@@ -168,12 +168,13 @@ def read_labels(lake, ids, split: str, catalog_names: list[str],
     con.register("split_ids", pa.table({"id_str": pa.array(np.asarray(ids, dtype=object), pa.string()),
                                         "row": pa.array(np.arange(n, dtype=np.int32))}))
     prefix = len(chosen) > 1
-    names, questions, blocks = [], [], []
-    for catalog in chosen:
-        own = _names_of(lake, catalog, split)
-        # column-major: each label's column is contiguous, which the engines hand to Arrow and
-        # DuckDB without a copy (the label side's memory at Euclid's size: docs/benchmarks.md)
-        block = np.full((n, len(own)), np.nan, order="F")
+    owns = [_names_of(lake, catalog, split) for catalog in chosen]
+    # one column-major matrix for every catalog: each label's column is contiguous, which the
+    # engines hand to Arrow and DuckDB without a copy (memory at Euclid's size: docs/benchmarks.md)
+    values = np.full((n, sum(map(len, owns))), np.nan, order="F")
+    names, questions = [], []
+    for catalog, own in zip(chosen, owns):
+        block = values[:, len(names):len(names) + len(own)]  # a view: filled in place
         value = "fraction" if catalog.kind == "votes" else "value"
         source = lake.duckdb_source(catalog.table, catalog=catalog.name, split=split)
         con.execute(f'CREATE OR REPLACE TEMP VIEW label_source AS SELECT id_str, label, '
@@ -189,7 +190,6 @@ def read_labels(lake, ids, split: str, catalog_names: list[str],
         tag = f"{catalog.name}:" if prefix else ""
         names += [tag + n for n in own]
         questions += [tag + (catalog.tree.question_of(n) if catalog.tree else n) for n in own]
-        blocks.append(block)
     con.unregister("split_ids")
     first = next((c for c in chosen if c.tree is not None), None)
     exclude = (first.root if first else "") if exclude_question is None else exclude_question
@@ -200,8 +200,6 @@ def read_labels(lake, ids, split: str, catalog_names: list[str],
                              f"tree; questions: {known}")
         if prefix:
             exclude = f"{first.name}:{exclude}"
-    values = (blocks[0] if len(blocks) == 1 else
-              np.hstack(blocks).copy(order="F") if blocks else np.zeros((n, 0), order="F"))
     return LabelMatrix(names, questions, values, exclude, chosen)
 
 
