@@ -380,17 +380,18 @@ def label_basis(labels: np.ndarray, rcond: float = LABEL_RCOND,
     gives X's R; its SVD R = U S V' gives X = (Q U) S V', so the basis Q U = X V S^-1 is formed
     block by block for the directions kept (S >= rcond * S[0]: within ~eps / rcond of Q U).
     """
-    present = [j for j in range(labels.shape[1]) if not np.isnan(labels[:, j]).all()]
     n = len(labels)
+    present, medians, means = [], [], []  # per column with a known value: its median, and the
+    for j in range(labels.shape[1]):      # mean of the imputed column
+        column = labels[:, j]
+        known = column[~np.isnan(column)]
+        if len(known):
+            present.append(j)
+            medians.append(np.median(known))
+            means.append((known.sum() + (n - len(known)) * medians[-1]) / n)
     if not present:
         return np.zeros((n, 0), order="F")
-    medians = np.empty(len(present))
-    means = np.empty(len(present))
-    for k, j in enumerate(present):
-        column = labels[:, j]
-        known = ~np.isnan(column)
-        medians[k] = np.median(column[known])
-        means[k] = (column[known].sum() + (n - known.sum()) * medians[k]) / n
+    medians, means = np.array(medians), np.array(means)
 
     def block(start: int) -> np.ndarray:  # imputed and centred rows [start, start + chunk_rows)
         X = labels[start:start + chunk_rows, present].astype(np.float64, copy=True)
