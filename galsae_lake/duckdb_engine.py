@@ -21,9 +21,6 @@ from galsae_lake.lake import query
 from galsae_lake.numpy_engine import CONSTANT_STD, MIN_ROWS
 
 _PARAMETER = re.compile(r"\$([A-Za-z_]\w*)")
-#: what sql/feature_label_corr.sql leaves in the connection (and the labels it reads)
-SPEARMAN_TEMP_TABLES = ("labels", "label_sets", "label_ranks", "label_slots", "set_rows",
-                        "code_sums")
 
 
 def statements(name: str) -> list[str]:
@@ -31,6 +28,11 @@ def statements(name: str) -> list[str]:
     parts = re.split(r";[ \t]*\n", query(name))
     return [part for part in parts
             if any(line.strip() and not line.strip().startswith("--") for line in part.splitlines())]
+
+
+def temp_tables(name: str) -> list[str]:
+    """The temp tables that ``sql/<name>.sql`` creates (and leaves in the connection)."""
+    return re.findall(r"^CREATE OR REPLACE TEMP TABLE (\w+)", query(name), re.MULTILINE)
 
 
 def run_script(con: duckdb.DuckDBPyConnection, name: str, params: dict) -> pa.Table:
@@ -76,7 +78,7 @@ def spearman(con: duckdb.DuckDBPyConnection, labels: np.ndarray, n_features: int
     """(rho [features x labels], n [labels]) by sql/feature_label_corr.sql over ``codes``."""
     register_labels(con, labels)
     out = run_script(con, "feature_label_corr", {"min_rows": MIN_ROWS, "n_features": n_features})
-    for table in SPEARMAN_TEMP_TABLES:  # gigabytes at Euclid's size: DuckDB's memory back
+    for table in ["labels", *temp_tables("feature_label_corr")]:  # gigabytes at Euclid's size
         con.execute(f"DROP TABLE IF EXISTS {table}")
     rho = np.zeros((n_features, labels.shape[1]))
     rho[out.column("feature").to_numpy(), out.column("label").to_numpy()] = \
