@@ -72,10 +72,9 @@ tie_ranks AS (
 ),
 centred AS (           -- rank minus the mean rank (n + 1) / 2, and minus the zero block's rank
     SELECT r.part, r.slot_key, k.nnz, k.neg, s.n,
-           coalesce(t.pos, r.pos) + CASE WHEN r.value > 0 THEN s.n - k.nnz ELSE 0 END
-               - (s.n + 1) / 2.0 AS centred,
-           coalesce(t.pos, r.pos) + CASE WHEN r.value > 0 THEN s.n - k.nnz ELSE 0 END
-               - k.neg - (s.n - k.nnz + 1) / 2.0 AS above_zero
+           coalesce(t.pos, r.pos) + CASE WHEN r.value > 0 THEN s.n - k.nnz ELSE 0 END AS rank_all,
+           rank_all - (s.n + 1) / 2.0 AS centred,                      -- (DuckDB: an alias
+           rank_all - k.neg - (s.n - k.nnz + 1) / 2.0 AS above_zero    -- of this list reused)
     FROM ranked AS r
     JOIN counts AS k USING (part)
     JOIN (SELECT DISTINCT set_id, n FROM label_sets) AS s ON s.set_id = r.part // $n_features
