@@ -626,6 +626,28 @@ def test_the_engines_agree_on_real_shaped_labels(seed):
     assert np.abs(rho - seed_spearman(dense.astype(np.float32).astype(np.float64), labels)).max() <= 1e-9
 
 
+def test_sql_ranks_stay_exact_when_the_sort_spills(tmp_path):
+    """The SQL ranks by each code's place in a table made with ORDER BY (its rowid): that order
+    holds when the table outgrows the memory limit and spills, with preserve_insertion_order
+    off as in `analyze`."""
+    import duckdb
+    rng = np.random.default_rng(7)
+    dense = np.where(rng.random((40_000, 64)) < 0.5, rng.normal(size=(40_000, 64)), 0.0)
+    labels = rng.random((40_000, 12))
+    labels[rng.random(40_000) < 0.4, 3:8] = np.nan
+    labels[rng.random(40_000) < 0.5, 8:] = np.nan
+    codes = Codes.from_dense("sae", dense.astype(np.float32))
+    con = duckdb.connect()
+    for setting in ("threads = 2", "memory_limit = '30MB'", f"temp_directory = '{tmp_path}'",
+                    "preserve_insertion_order = false"):
+        con.execute(f"SET {setting}")
+    analysis.use_codes(con, codes)
+    # the (set, code) rows (~2.6M, ~20 bytes each) cannot fit in 30MB
+    assert len(codes.value) * 2 * 20 > 30e6
+    rho, _ = duckdb_engine.spearman(con, labels, 64)
+    assert np.abs(rho - spearman(codes, labels)[0]).max() <= 1e-9
+
+
 def test_analyze_engines_write_the_same_tables(tmp_path):
     lake = build_lake(tmp_path / "lake")
     tables = {}
