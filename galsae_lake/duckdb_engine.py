@@ -77,7 +77,8 @@ def spearman(con: duckdb.DuckDBPyConnection, labels: np.ndarray, n_features: int
              ) -> tuple[np.ndarray, np.ndarray]:
     """(rho [features x labels], n [labels]) by sql/feature_label_corr.sql over ``codes``."""
     register_labels(con, labels)
-    out = run_script(con, "feature_label_corr", {"min_rows": MIN_ROWS, "n_features": n_features})
+    out = run_script(con, "feature_label_corr", {"min_rows": MIN_ROWS, "n_features": n_features,
+                                                 "last_row": max(labels.shape[0] - 1, 0)})
     for table in ["labels", *temp_tables("feature_label_corr")]:  # gigabytes at Euclid's size
         con.execute(f"DROP TABLE IF EXISTS {table}")
     rho = np.zeros((n_features, labels.shape[1]))

@@ -12,10 +12,12 @@
 -- over the non-zero codes only: sum(r_f * c_l) = sum_nonzero((r_f - zero_rank) * c_l), since
 -- the centred label ranks c_l sum to 0 over the set.
 
--- label_sets: each label's row set (numbered in order of its first label) and slot within it
+-- label_sets: each label's row set (numbered in order of its first label) and slot within it;
+-- a row set is compared as a bitstring of the rows 0 .. $last_row (bitstring_agg: no sort)
 CREATE OR REPLACE TEMP TABLE label_sets AS
 WITH kept AS (
-    SELECT label, list("row" ORDER BY "row") AS kept, count(*) AS n FROM labels GROUP BY label
+    SELECT label, bitstring_agg("row", 0, $last_row) AS kept, count(*) AS n
+    FROM labels GROUP BY label
 ),
 sets AS (SELECT kept, any_value(n) AS n, min(label) AS first_label FROM kept GROUP BY kept)
 SELECT k.label, (dense_rank() OVER (ORDER BY s.first_label) - 1)::INTEGER AS set_id,
