@@ -52,9 +52,10 @@ FROM label_ranks WHERE slot = 0;
 
 -- set_codes: the non-zero codes of each set's rows, stored in order of (part, value), where
 -- part = set_id * n_features + feature. A table made from a query with ORDER BY keeps its order
--- (DuckDB reorders only results without ORDER BY, even with preserve_insertion_order off), so
--- a code's rowid is its place: its position among the part's codes is rowid - (the part's
--- first rowid) + 1. One sort of every (set, code): the cost of the whole analysis.
+-- (preserve_insertion_order off lets DuckDB reorder only results without ORDER BY), and on a
+-- materialized table rowid follows the row order (DuckDB's docs, "Order Preservation"), so a
+-- code's position among its part's codes is rowid - (the part's first rowid) + 1 (tested also
+-- when the table spills). One sort of every (set, code): the cost of the whole analysis.
 CREATE OR REPLACE TEMP TABLE set_codes AS
 SELECT s.set_id::BIGINT * $n_features + c.feature AS part, s.slot_key, c.value
 FROM codes AS c JOIN set_rows AS s USING ("row")
