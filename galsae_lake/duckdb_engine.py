@@ -108,7 +108,9 @@ def novelty(con: duckdb.DuckDBPyConnection, basis: np.ndarray, n_features: int) 
 def concentration(con: duckdb.DuckDBPyConnection, n_features: int) -> np.ndarray:
     """Share of each feature's activation mass in its strongest tenth of firing galaxies, by
     sql/feature_concentration.sql over ``codes`` (NaN for a feature that never fires)."""
-    out = con.sql(query("feature_concentration")).to_arrow_table()
+    out = run_script(con, "feature_concentration", {})
+    for table in temp_tables("feature_concentration"):
+        con.execute(f"DROP TABLE IF EXISTS {table}")
     result = np.full(n_features, np.nan)
     result[out.column("feature").to_numpy()] = out.column("concentration").to_numpy()
     return result

@@ -123,13 +123,16 @@ def test_concentration_in_sql_equals_numpy():
     from galsae_lake import duckdb_engine
 
     rng = np.random.default_rng(3)
-    feature = rng.integers(0, 6, 500).astype(np.int32)
-    feature[feature == 4] = 5                      # feature 4 never fires
-    value = np.round(rng.exponential(1.0, 500), 1).astype(np.float32)  # ties at the cut
-    con = duckdb.connect()
-    con.register("codes", pa.table({"feature": feature, "row": np.arange(500, dtype=np.int32),
-                                    "value": value}))
-    got = duckdb_engine.concentration(con, 6)
-    want = discovery.concentration(feature, value, 6)
-    np.testing.assert_allclose(got, want, rtol=1e-12)
-    assert np.isnan(got[4])
+    for n in (500, 400_000):  # one chunk; many, sorted by two threads (places from rowid)
+        feature = rng.integers(0, 6, n).astype(np.int32)
+        feature[feature == 4] = 5                      # feature 4 never fires
+        value = np.round(rng.exponential(1.0, n), 1).astype(np.float32)  # ties at the cut
+        con = duckdb.connect()
+        con.execute("SET threads = 2")
+        con.execute("SET preserve_insertion_order = false")  # as analyze sets it
+        con.register("codes", pa.table({"feature": feature, "row": np.arange(n, dtype=np.int32),
+                                        "value": value}))
+        got = duckdb_engine.concentration(con, 6)
+        want = discovery.concentration(feature, value, 6)
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+        assert np.isnan(got[4])
