@@ -21,6 +21,10 @@ from galsae_lake.lake import query
 from galsae_lake.numpy_engine import CONSTANT_STD, MIN_ROWS
 
 _PARAMETER = re.compile(r"\$([A-Za-z_]\w*)")
+# (set, code) rows that sql/feature_label_corr.sql sorts in one batch: ~20 bytes each, so ~10 GB
+# of table (and as much of sort runs) spilled at most; 35k galaxies (8.2M) and 1M (234M) are one
+# batch, 10M galaxies (~2.3 billion) five
+SET_BATCH_ROWS = 1 << 29
 
 
 def statements(name: str) -> list[str]:
@@ -35,19 +39,23 @@ def temp_tables(name: str) -> list[str]:
     return re.findall(r"^CREATE OR REPLACE TEMP TABLE (\w+)", query(name), re.MULTILINE)
 
 
-def run_script(con: duckdb.DuckDBPyConnection, name: str, params: dict) -> pa.Table:
-    """Run ``sql/<name>.sql`` statement by statement; the last one's result as Arrow.
+def named(sql: str) -> set[str]:
+    """The parameters a statement uses ($name outside comments)."""
+    return set(_PARAMETER.findall(re.sub(r"--[^\n]*", "", sql)))
 
-    Each statement gets the named parameters it uses.
-    """
-    def used(sql: str) -> dict:
-        code = re.sub(r"--[^\n]*", "", sql)  # parameters named in comments are not used
-        return {k: params[k] for k in set(_PARAMETER.findall(code))}
 
-    *setup, last = statements(name)
+def run_statements(con: duckdb.DuckDBPyConnection, sqls: list[str], params: dict) -> pa.Table:
+    """Run the statements in order, each with the named parameters it uses; the last one's
+    result as Arrow."""
+    *setup, last = sqls
     for sql in setup:
-        con.execute(sql, used(sql))
-    return con.sql(last, params=used(last)).to_arrow_table()
+        con.execute(sql, {k: params[k] for k in named(sql)})
+    return con.sql(last, params={k: params[k] for k in named(last)}).to_arrow_table()
+
+
+def run_script(con: duckdb.DuckDBPyConnection, name: str, params: dict) -> pa.Table:
+    """Run ``sql/<name>.sql`` statement by statement; the last one's result as Arrow."""
+    return run_statements(con, statements(name), params)
 
 
 def register_labels(con: duckdb.DuckDBPyConnection, labels: np.ndarray) -> None:
@@ -73,17 +81,49 @@ def register_labels(con: duckdb.DuckDBPyConnection, labels: np.ndarray) -> None:
     con.unregister("label_columns")
 
 
+def set_batches(con: duckdb.DuckDBPyConnection, n_rows: int,
+                batch_rows: int | None = None) -> list[dict]:
+    """Consecutive runs of the row sets of ``label_sets`` whose (set, code) rows, estimated as
+    the set's rows times the codes per row, stay under ``batch_rows`` (one set at least), as
+    the $first_set / $last_set parameters of sql/feature_label_corr.sql's batch statements."""
+    batch_rows = SET_BATCH_ROWS if batch_rows is None else batch_rows
+    sizes = con.sql("SELECT set_id, any_value(n) FROM label_sets GROUP BY set_id "
+                    "ORDER BY set_id").fetchall()
+    per_row = con.sql("SELECT count(*) FROM codes").fetchall()[0][0] / max(n_rows, 1)
+    batches: list[dict] = []
+    total = 0.0
+    for set_id, n in sizes:
+        if batches and total + n * per_row <= batch_rows:
+            batches[-1]["last_set"] = set_id
+            total += n * per_row
+        else:
+            batches.append({"first_set": set_id, "last_set": set_id})
+            total = n * per_row
+    return batches
+
+
 def spearman(con: duckdb.DuckDBPyConnection, labels: np.ndarray, n_features: int
              ) -> tuple[np.ndarray, np.ndarray]:
-    """(rho [features x labels], n [labels]) by sql/feature_label_corr.sql over ``codes``."""
+    """(rho [features x labels], n [labels]) by sql/feature_label_corr.sql over ``codes``.
+
+    The script's statements before the first that names $first_set run once; the rest run once
+    per batch of row sets (``set_batches``), each giving the rows of its sets' labels.
+    """
     register_labels(con, labels)
-    out = run_script(con, "feature_label_corr", {"min_rows": MIN_ROWS, "n_features": n_features,
-                                                 "last_row": max(labels.shape[0] - 1, 0)})
+    params = {"min_rows": MIN_ROWS, "n_features": n_features,
+              "last_row": max(labels.shape[0] - 1, 0)}
+    sqls = statements("feature_label_corr")
+    first = next(i for i, sql in enumerate(sqls) if "first_set" in named(sql))
+    for sql in sqls[:first]:
+        con.execute(sql, {k: params[k] for k in named(sql)})
+    parts = [run_statements(con, sqls[first:], {**params, **batch})
+             for batch in set_batches(con, labels.shape[0])]
     for table in ["labels", *temp_tables("feature_label_corr")]:  # gigabytes at Euclid's size
         con.execute(f"DROP TABLE IF EXISTS {table}")
     rho = np.zeros((n_features, labels.shape[1]))
-    rho[out.column("feature").to_numpy(), out.column("label").to_numpy()] = \
-        out.column("spearman").to_numpy()
+    for out in parts:
+        rho[out.column("feature").to_numpy(), out.column("label").to_numpy()] = \
+            out.column("spearman").to_numpy()
     n = np.array([np.count_nonzero(~np.isnan(labels[:, j])) for j in range(labels.shape[1])],
                  np.int64)
     return rho, n

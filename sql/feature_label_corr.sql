@@ -11,6 +11,9 @@
 -- of a sparse code are one tie group whose average rank is known from counts, so every sum runs
 -- over the non-zero codes only: sum(r_f * c_l) = sum_nonzero((r_f - zero_rank) * c_l), since
 -- the centred label ranks c_l sum to 0 over the set.
+-- Batches: the statements from set_codes on name $first_set and $last_set and run once per batch
+-- of row sets (duckdb_engine.spearman: batches of at most SET_BATCH_ROWS (set, code) rows, so
+-- that the sorted table and its spill stay bounded at Euclid's size); the ones before run once.
 
 -- label_sets: each label's row set (numbered in order of its first label) and slot within it;
 -- a row set is compared as a bitstring of the rows 0 .. $last_row (bitstring_agg: no sort)
@@ -50,7 +53,17 @@ SELECT DISTINCT set_id, "row",
        set_id::BIGINT * (SELECT max("row") + 1 FROM labels) + "row" AS slot_key
 FROM label_ranks WHERE slot = 0;
 
--- set_codes: the non-zero codes of each set's rows, stored in order of (part, value), where
+-- label_var: each label's rank variance over its rows (twice_c is twice the centred rank)
+CREATE OR REPLACE TEMP TABLE label_var AS
+SELECT s.label, s.set_id, s.slot, s.n, sum(r.twice_c::DOUBLE ** 2) / 4 AS var_l
+FROM label_sets AS s JOIN label_ranks AS r USING (label)
+GROUP BY s.label, s.set_id, s.slot, s.n;
+
+-- tied_values: values that repeat within a feature (candidates for the tie groups of a part)
+CREATE OR REPLACE TEMP TABLE tied_values AS
+SELECT feature, value FROM codes GROUP BY feature, value HAVING count(*) > 1;
+
+-- set_codes: the non-zero codes of the batch's sets' rows, stored in order of (part, value), where
 -- part = set_id * n_features + feature. A table made from a query with ORDER BY keeps its order
 -- (preserve_insertion_order off lets DuckDB reorder only results without ORDER BY), and on a
 -- materialized table rowid follows the row order (DuckDB's docs, "Order Preservation"), so a
@@ -59,6 +72,7 @@ FROM label_ranks WHERE slot = 0;
 CREATE OR REPLACE TEMP TABLE set_codes AS
 SELECT s.set_id::BIGINT * $n_features + c.feature AS part, s.slot_key, c.value
 FROM codes AS c JOIN set_rows AS s USING ("row")
+WHERE s.set_id BETWEEN $first_set AND $last_set
 ORDER BY part, value;
 
 -- code_sums: per set and feature (part), the variance of the feature's ranks over the set's rows
@@ -79,8 +93,8 @@ WITH parts AS (
 tie_codes AS (         -- codes whose value repeats in their part, and their group's size
     SELECT part, slot_key, rowid AS pos, avg(rowid) OVER g AS group_pos, count(*) OVER g AS t
     FROM set_codes
-    SEMI JOIN (SELECT feature, value FROM codes GROUP BY feature, value HAVING count(*) > 1)
-         AS tied ON tied.feature = set_codes.part % $n_features AND tied.value = set_codes.value
+    SEMI JOIN tied_values AS tied
+         ON tied.feature = set_codes.part % $n_features AND tied.value = set_codes.value
     WINDOW g AS (PARTITION BY part, value)
     QUALIFY t > 1
 ),
@@ -105,13 +119,9 @@ SELECT (part // $n_features)::INTEGER AS set_id, (part % $n_features)::INTEGER A
        x.* EXCLUDE (part)
 FROM cross_sums AS x JOIN parts AS k USING (part) LEFT JOIN ties AS t USING (part);
 
--- the matrix: every feature with every label (features that never fire in a set: rho 0)
-WITH label_var AS (
-    SELECT s.label, s.set_id, s.slot, s.n, sum(r.twice_c::DOUBLE ** 2) / 4 AS var_l
-    FROM label_sets AS s JOIN label_ranks AS r USING (label)
-    GROUP BY s.label, s.set_id, s.slot, s.n
-),
-cross_sums AS (
+-- the matrix: every feature with every label of the batch (features that never fire in a set:
+-- rho 0)
+WITH cross_sums AS (
     UNPIVOT code_sums ON COLUMNS('^c\d+$') INTO NAME slot VALUE s
 )
 SELECT f.feature, l.label, l.n,
@@ -119,7 +129,7 @@ SELECT f.feature, l.label, l.n,
             ELSE greatest(-1.0, least(1.0, x.s / sqrt(v.var_f * l.var_l)))
        END AS spearman
 FROM range($n_features) AS f(feature)
-CROSS JOIN label_var AS l
+CROSS JOIN (SELECT * FROM label_var WHERE set_id BETWEEN $first_set AND $last_set) AS l
 LEFT JOIN code_sums AS v ON v.set_id = l.set_id AND v.feature = f.feature
 LEFT JOIN cross_sums AS x
        ON x.set_id = l.set_id AND x.feature = f.feature AND x.slot = 'c' || l.slot

@@ -648,6 +648,28 @@ def test_sql_ranks_stay_exact_when_the_sort_spills(tmp_path):
     assert np.abs(rho - spearman(codes, labels)[0]).max() <= 1e-9
 
 
+@pytest.mark.parametrize("batch_rows", [1, 700])
+def test_sql_in_batches_of_row_sets_is_the_same(monkeypatch, batch_rows):
+    """The batch statements run once per batch of row sets: one set a batch, or two, or all
+    in one, the same numbers; every batch's labels come back once."""
+    rng = np.random.default_rng(4)
+    labels = real_shaped_labels(rng, 300).astype(np.float64)
+    dense = np.where(rng.random((300, 5)) < 0.4, np.round(rng.exponential(size=(300, 5)), 1), 0.0)
+    codes = Codes.from_dense("sae", dense.astype(np.float32))
+    whole, _ = sql_numbers(codes, labels)
+    seen = []
+    real = duckdb_engine.set_batches
+    monkeypatch.setattr(duckdb_engine, "SET_BATCH_ROWS", batch_rows)
+    monkeypatch.setattr(duckdb_engine, "set_batches",
+                        lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
+    batched, _ = sql_numbers(codes, labels)
+    assert np.array_equal(batched, whole) and np.abs(whole).max() > 0.05
+    batches = seen[0]
+    assert len(batches) > 1 and batches[0]["first_set"] == 0
+    assert all(b["first_set"] <= b["last_set"] for b in batches)
+    assert [b["first_set"] for b in batches[1:]] == [b["last_set"] + 1 for b in batches[:-1]]
+
+
 def test_analyze_engines_write_the_same_tables(tmp_path):
     lake = build_lake(tmp_path / "lake")
     tables = {}
