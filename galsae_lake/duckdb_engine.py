@@ -23,7 +23,7 @@ from galsae_lake.numpy_engine import CONSTANT_STD, MIN_ROWS
 _PARAMETER = re.compile(r"\$([A-Za-z_]\w*)")
 # (set, code) rows that sql/feature_label_corr.sql sorts in one batch: ~20 bytes each, so ~10 GB
 # of table (and as much of sort runs) spilled at most; 35k galaxies (8.2M) and 1M (234M) are one
-# batch, 10M galaxies (~2.3 billion) five
+# batch, 10M galaxies (~2.3 billion) seven (one per set but two)
 SET_BATCH_ROWS = 1 << 29
 
 
