@@ -44,13 +44,24 @@ def named(sql: str) -> set[str]:
     return set(_PARAMETER.findall(re.sub(r"--[^\n]*", "", sql)))
 
 
+def execute(con: duckdb.DuckDBPyConnection, sql: str, params: dict) -> None:
+    """Run one statement with the named parameters it uses."""
+    con.execute(sql, {k: params[k] for k in named(sql)})
+
+
 def run_statements(con: duckdb.DuckDBPyConnection, sqls: list[str], params: dict) -> pa.Table:
     """Run the statements in order, each with the named parameters it uses; the last one's
     result as Arrow."""
     *setup, last = sqls
     for sql in setup:
-        con.execute(sql, {k: params[k] for k in named(sql)})
+        execute(con, sql, params)
     return con.sql(last, params={k: params[k] for k in named(last)}).to_arrow_table()
+
+
+def drop_temp_tables(con: duckdb.DuckDBPyConnection, name: str) -> None:
+    """Drop what ``sql/<name>.sql`` left in the connection (gigabytes at Euclid's size)."""
+    for table in temp_tables(name):
+        con.execute(f"DROP TABLE IF EXISTS {table}")
 
 
 def run_script(con: duckdb.DuckDBPyConnection, name: str, params: dict) -> pa.Table:
@@ -114,12 +125,11 @@ def spearman(con: duckdb.DuckDBPyConnection, labels: np.ndarray, n_features: int
               "last_row": max(labels.shape[0] - 1, 0)}
     sqls = statements("feature_label_corr")
     first = next(i for i, sql in enumerate(sqls) if "first_set" in named(sql))
-    for sql in sqls[:first]:
-        con.execute(sql, {k: params[k] for k in named(sql)})
+    for sql in sqls[:first]:  # these drop the labels table too, when done with it
+        execute(con, sql, params)
     parts = [run_statements(con, sqls[first:], {**params, **batch})
              for batch in set_batches(con, labels.shape[0])]
-    for table in ["labels", *temp_tables("feature_label_corr")]:  # gigabytes at Euclid's size
-        con.execute(f"DROP TABLE IF EXISTS {table}")
+    drop_temp_tables(con, "feature_label_corr")
     rho = np.zeros((n_features, labels.shape[1]))
     for out in parts:
         rho[out.column("feature").to_numpy(), out.column("label").to_numpy()] = \
@@ -149,8 +159,7 @@ def concentration(con: duckdb.DuckDBPyConnection, n_features: int) -> np.ndarray
     """Share of each feature's activation mass in its strongest tenth of firing galaxies, by
     sql/feature_concentration.sql over ``codes`` (NaN for a feature that never fires)."""
     out = run_script(con, "feature_concentration", {})
-    for table in temp_tables("feature_concentration"):
-        con.execute(f"DROP TABLE IF EXISTS {table}")
+    drop_temp_tables(con, "feature_concentration")
     result = np.full(n_features, np.nan)
     result[out.column("feature").to_numpy()] = out.column("concentration").to_numpy()
     return result
