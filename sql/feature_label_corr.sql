@@ -83,9 +83,9 @@ ORDER BY part, value;
 -- code_sums: per set and feature (part), the variance of the feature's ranks over the set's rows
 -- and its cross sums with each slot's centred label ranks (the slots hold twice them: / 2). The
 -- cross sums run over the non-zero codes only, with the code's rank minus the zero block's rank
--- (negatives rank below the zero block, positives above it). Codes of a tie group (a value that repeats within a part: rare)
--- take the group's mean position: their correction rows (mean position - position) join the
--- sums. Variance of average ranks: ((n^3 - n) - sum over tie groups of (t^3 - t)) / 12, the
+-- (negatives rank below the zero block, positives above it). Codes of a tie group (a value that
+-- repeats within a part: rare) take the group's mean position: their correction rows (mean
+-- position - position) join the sums. Variance of average ranks: ((n^3 - n) - sum over tie groups of (t^3 - t)) / 12, the
 -- zero block being one tie group of n - nnz.
 CREATE OR REPLACE TEMP TABLE code_sums AS
 WITH parts AS (
